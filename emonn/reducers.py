@@ -1,0 +1,49 @@
+"""Reductions over token positions, computed inside a trace so only `(batch, d_model)` per layer leaves it.
+
+A reducer is a weight matrix `(batch, tokens)` built from the attention mask *outside* the trace; the
+in-trace part is one batched matmul (`pool`), which is all a remote server has to run. Code here that
+runs in a trace imports nothing beyond torch (see NNSIGHT_NOTES: it may be sent to NDIF).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def hidden(output: torch.Tensor | tuple) -> torch.Tensor:
+    """A decoder block's residual-stream output `(batch, tokens, d)`: a tensor in transformers 5, a tuple
+    `(hidden, ...)` in some 4.x models."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def pool(output: torch.Tensor | tuple, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted sum over tokens in float32: `(batch, tokens, d)` x `(batch, tokens)` -> `(batch, d)`."""
+    h = hidden(output)
+    return torch.bmm(weights.to(h.device, torch.float32).unsqueeze(1), h.float()).squeeze(1)
+
+
+def mean_from(attention_mask: torch.Tensor, start: int) -> torch.Tensor:
+    """Weights `(batch, tokens)` of a mean over each text's real tokens at positions >= `start`.
+
+    Positions count real tokens only (left padding is skipped; a BOS token, where the tokenizer adds
+    one, is position 0). Rule for short texts: a text with `start` or fewer tokens is averaged over its
+    last token alone, so every text gets a vector (`extract.activations` warns how many).
+    """
+    mask = attention_mask.bool()
+    position = mask.long().cumsum(1) - 1
+    first = torch.clamp(mask.sum(1, keepdim=True) - 1, max=start)
+    keep = (mask & (position >= first)).float()
+    return keep / keep.sum(1, keepdim=True)
+
+
+def last_token(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Weights `(batch, tokens)` selecting each text's last real token."""
+    return mean_from(attention_mask, start=attention_mask.shape[1])
+
+
+REDUCERS = ("mean", "last")
+
+
+def weights(attention_mask: torch.Tensor, reducer: str, start: int) -> torch.Tensor:
+    """The weights of reducer `reducer` (`mean` from token `start`, or `last`)."""
+    return mean_from(attention_mask, start) if reducer == "mean" else last_token(attention_mask)

@@ -1,0 +1,115 @@
+"""Output folders, the activation cache and the study CLI plumbing.
+
+A study writes `outputs/<study>/<model-slug>/`: `config.json`, `results/*.parquet`, `figures/*.html|png`,
+`report.md`. Activations are cached per model under `outputs/cache/<model-slug>/<reducer>/`, keyed by the
+text itself, so every study that reads the same texts the same way shares them, and an interrupted
+extraction resumes from its last finished chunk. Every write is atomic (temp file, then rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from emonn import EmonnError
+
+OUT = Path("outputs")
+
+
+def atomic_write(path: Path, data: bytes | str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    partial.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(partial, path)
+    return path
+
+
+@dataclass(frozen=True)
+class ActivationCache:
+    """Reduced activations `(n_layers, d)` per text, stored in chunks of `.npz` (keys + array)."""
+
+    folder: Path
+
+    def lookup(self, keys: list[str]) -> dict[str, np.ndarray]:
+        wanted, found = set(keys), {}
+        for chunk in sorted(self.folder.glob("*.npz")) if self.folder.exists() else []:
+            with np.load(chunk) as data:
+                hits = [i for i, key in enumerate(data["keys"]) if key in wanted]
+                if hits:
+                    acts = data["acts"]
+                    found.update({str(data["keys"][i]): acts[i] for i in hits})
+        return found
+
+    def store(self, rows: dict[str, np.ndarray]) -> None:
+        import io
+
+        buffer = io.BytesIO()
+        np.savez(buffer, keys=np.array(list(rows)), acts=np.stack(list(rows.values())).astype(np.float32))
+        atomic_write(self.folder / f"{uuid.uuid4().hex}.npz", buffer.getvalue())
+
+
+def activation_cache(out: Path, model: Any, reducer: str, start: int) -> ActivationCache:
+    dtype = str(next(model.lm._module.parameters()).dtype).removeprefix("torch.")
+    name = f"{reducer}-k{start}-{dtype}" if reducer == "mean" else f"{reducer}-{dtype}"
+    return ActivationCache(Path(out) / "cache" / model.slug / name)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One study's output folder for one model (or one set of models)."""
+
+    folder: Path
+
+    @classmethod
+    def create(cls, out: Path | str, study: str, name: str, config: dict[str, Any]) -> Run:
+        run = cls(Path(out) / study / name)
+        atomic_write(run.folder / "config.json", json.dumps(config, indent=2, default=str, ensure_ascii=False))
+        return run
+
+    def table(self, name: str, frame: Any) -> Path:
+        """Save a polars frame as `results/<name>.parquet`."""
+        import io
+
+        buffer = io.BytesIO()
+        frame.write_parquet(buffer)
+        return atomic_write(self.folder / "results" / f"{name}.parquet", buffer.getvalue())
+
+    def figure(self, name: str, chart: Any) -> Path:
+        """Save an altair chart as `figures/<name>.html` (self-contained) and `.png`."""
+        from emonn.plots import save
+
+        return save(chart, self.folder / "figures" / name)
+
+    def report(self, markdown: str) -> Path:
+        return atomic_write(self.folder / "report.md", markdown)
+
+
+class Command(click.Command):
+    """A click command that prints an `EmonnError` on one line (`Error: ...`) and exits 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EmonnError as error:
+            raise click.ClickException(str(error)) from None
+
+
+def parse_layers(text: str | None) -> list[int] | None:
+    """`--layers` syntax: `3,5,-1` or a range `2-10`; empty means all."""
+    if not text:
+        return None
+    layers: list[int] = []
+    try:
+        for part in text.split(","):
+            first, dash, last = part.strip().partition("-") if not part.strip().startswith("-") else (part, "", "")
+            layers += list(range(int(first), int(last) + 1)) if dash else [int(first)]
+    except ValueError:
+        raise EmonnError(f"--layers '{text}' is not a list like 3,5,-1 or a range like 2-10") from None
+    return layers
