@@ -154,11 +154,9 @@ class Model:
         return {}
 
     def trace(self, *inputs: Any, **kwargs: Any) -> Any:
+        """`lm.trace` routed by `remote`. (For generation call `lm.generate(..., **model.route())` directly in
+        the `with` statement: nnsight finds the traced block from its caller's frame.)"""
         return self.lm.trace(*inputs, **kwargs, **self.route())
-
-    def generate(self, *inputs: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
-        return self.lm.generate(*inputs, **kwargs, **self.route())
 
     def with_remote(self, remote: bool | str) -> Model:
         return dataclasses.replace(self, remote=remote)

@@ -32,9 +32,10 @@ def server_has(module: str) -> bool:
 def register_emonn() -> None:
     """Send emonn's in-trace helpers by value: an installed (even editable) emonn is not on the server,
     and nnsight only auto-registers modules it sees in the working tree."""
-    from emonn import reducers
+    from emonn import reducers, steer
 
-    nnsight.register(reducers)
+    for module in (reducers, steer):
+        nnsight.register(module)
 
 
 class _ServerUnpickler(CustomCloudUnpickler):
