@@ -14,13 +14,15 @@ import warnings
 
 import nnsight
 import numpy as np
+import polars as pl
 import torch
 from tqdm.auto import tqdm
 
-from emonn import EmonnError
+from emonn import EmonnError, corpus
 from emonn.models import Model
 from emonn.reducers import REDUCERS, pool, weights
 from emonn.runs import ActivationCache
+from emonn.vectors import EmotionVectors
 
 #: Default first token position of the mean. The literature uses 50 on long stories; ours are 90-200
 #: tokens, and a smaller start keeps more of each story.
@@ -95,3 +97,26 @@ def activations(model: Model, texts: list[str], *, reducer: str = "mean", start:
         found.update({keys[i]: row for i, row in zip(group, result)})
     bar.close()
     return np.stack([found[key][layers] for key in keys]).astype(np.float32, copy=False)
+
+
+def emotion_vectors(model: Model, stories: pl.DataFrame, *, neutral: pl.DataFrame | None = None,
+                    start: int = START, layers: list[int] | None = None, cache: ActivationCache | None = None,
+                    variance: float = 0.5, progress: bool = True) -> tuple[EmotionVectors, np.ndarray]:
+    """Comprehension-based emotion vectors from corpus rows (id, emotion, lang, topic, text), with the
+    neutral texts' top PCs projected out when `neutral` is given. Returns the vectors and the stories'
+    activations `(n_stories, n_layers, d)` (for bootstraps, transfer and classification)."""
+    layers = model.check_layers(layers)
+    acts = activations(model, stories["text"].to_list(), start=start, layers=layers, cache=cache,
+                       progress=progress)
+    neutral_acts = None
+    if neutral is not None:
+        neutral_acts = activations(model, neutral["text"].to_list(), start=start, layers=layers, cache=cache,
+                                   progress=progress)
+    meta = {"model": model.name, "corpus": corpus.digest(stories), "reducer": "mean", "start": start,
+            "langs": sorted(stories["lang"].unique().to_list()), "n_texts": len(stories),
+            "neutral": corpus.digest(neutral) if neutral is not None else None}
+    labels = stories["emotion"].to_list()
+    order = [e for e in corpus.emotion_names() if e in set(labels)]  # the canonical order of emotions.csv
+    vectors = EmotionVectors.fit(acts, labels, layers=layers, emotions=order, neutral=neutral_acts,
+                                 variance=variance, meta=meta)
+    return vectors, acts
