@@ -208,13 +208,15 @@ def rsa_test(
 
 # ---------------------------------------------------------------- bootstrap, effect sizes, rank tests
 def bootstrap_ci(
-    stat: Callable[[np.ndarray], float], labels: np.ndarray, *, n_boot: int = 1000, seed: int = 0, ci: float = 0.95,
+    stat: Callable[[np.ndarray], float | np.ndarray], labels: np.ndarray, *, n_boot: int = 1000, seed: int = 0,
+    ci: float = 0.95,
 ) -> BootstrapResult:
     """Stratified percentile bootstrap over items, labels `(n_items,)`.
 
     Each replicate resamples item indices with replacement within every label group (group
-    sizes are kept) and calls `stat(indices)`, indices an int array `(n_items,)`.
-    estimate = stat(arange(n_items)); samples `(n_boot,)`.
+    sizes are kept) and calls `stat(indices)`, indices an int array `(n_items,)`. `stat` may return
+    a scalar or an array `(k,)` (e.g. one value per layer): then estimate/low/high are `(k,)`.
+    estimate = stat(arange(n_items)); samples `(n_boot,)` or `(n_boot, k)`.
     """
     labels = np.asarray(labels)
     if labels.ndim != 1 or labels.size == 0:
@@ -225,8 +227,9 @@ def bootstrap_ci(
     samples = np.array(
         [stat(np.concatenate([rng.choice(g, size=g.size) for g in groups])) for _ in range(n_boot)], dtype=float
     )
-    low, high = np.quantile(samples, [(1 - ci) / 2, (1 + ci) / 2])
-    return BootstrapResult(float(stat(np.arange(labels.size))), float(low), float(high), samples)
+    low, high = np.quantile(samples, [(1 - ci) / 2, (1 + ci) / 2], axis=0)
+    estimate = np.asarray(stat(np.arange(labels.size)), dtype=float)
+    return BootstrapResult(*(v.item() if v.ndim == 0 else v for v in (estimate, low, high)), samples)
 
 
 def cohens_d(a: np.ndarray, b: np.ndarray, *, paired: bool = False, ci: float = 0.95) -> EffectSize:

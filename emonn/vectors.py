@@ -57,8 +57,9 @@ class EmotionVectors:
     @classmethod
     def fit(cls, acts: np.ndarray, labels: list[str] | np.ndarray, *, layers: list[int],
             emotions: list[str] | None = None, neutral: np.ndarray | None = None, variance: float = 0.5,
-            meta: dict[str, Any] | None = None) -> EmotionVectors:
-        """acts `(n_texts, n_layers, d)` with one emotion label per text; `neutral` `(m, n_layers, d)`."""
+            pcs: tuple[np.ndarray, ...] | None = None, meta: dict[str, Any] | None = None) -> EmotionVectors:
+        """acts `(n_texts, n_layers, d)` with one emotion label per text; `neutral` `(m, n_layers, d)` (its PCs
+        are projected out), or `pcs` already found (e.g. `other.pcs`, to refit a bootstrap resample fast)."""
         labels = np.asarray(labels)
         if acts.ndim != 3 or len(acts) != len(labels) or acts.shape[1] != len(layers):
             raise EmonnError(f"activations {acts.shape} do not match {len(labels)} labels x {len(layers)} layers")
@@ -68,7 +69,8 @@ class EmotionVectors:
             raise EmonnError(f"no texts for emotion '{missing[0]}'")
         means = np.stack([acts[labels == e].mean(0, dtype=np.float64) for e in emotions])
         center = means.mean(0)
-        pcs = tuple(neutral_pcs(neutral, variance)) if neutral is not None else ()
+        if pcs is None:
+            pcs = tuple(neutral_pcs(neutral, variance)) if neutral is not None else ()
         vectors = cls._project(means - center, pcs)
         return cls(tuple(emotions), tuple(layers), vectors.astype(np.float32), means.astype(np.float32),
                    center.astype(np.float32), tuple(p.astype(np.float32) for p in pcs), dict(meta or {}))
