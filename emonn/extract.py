@@ -58,6 +58,17 @@ def forward_pooled(model: Model, input_ids: list[list[int]], *, reducer: str = "
     return torch.stack(pooled, 1)
 
 
+def logit_lens(model: Model, vectors: np.ndarray) -> np.ndarray:
+    """Vectors `(n, d)` read through the final norm and the unembedding: logits `(n, vocab)`.
+    Runs as a trace (the norm and lm_head may live on NDIF), stopped before the model's own forward."""
+    norm, head, x = model.final_norm, model.unembed, torch.tensor(np.asarray(vectors), dtype=torch.float32)
+    enc = dict(model.tokenizer(["."], return_tensors="pt"))
+    with torch.no_grad(), model.trace(enc) as tracer:
+        logits = head(norm(x)).save()
+        tracer.stop()
+    return logits.float().numpy()
+
+
 def activations(model: Model, texts: list[str], *, reducer: str = "mean", start: int = START,
                 layers: list[int] | None = None, batch_tokens: int = 2048, cache: ActivationCache | None = None,
                 progress: bool = True) -> np.ndarray:

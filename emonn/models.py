@@ -30,6 +30,7 @@ MULTILINGUAL_MODEL = "gemma3-270m"
 # Where each architecture keeps its decoder blocks, its final norm, in the order tried.
 _LAYER_PATHS = ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers",
                 "model.decoder.layers")
+_HEAD_PATHS = ("lm_head", "embed_out")
 _NORM_PATHS = ("model.norm", "model.language_model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm",
                "model.decoder.final_layer_norm")
 
@@ -113,6 +114,7 @@ class Model:
     d_model: int
     layers_path: str
     norm_path: str
+    head_path: str
     remote: bool | str = False
     langs: tuple[str, ...] = ("en",)
 
@@ -126,6 +128,11 @@ class Model:
     @property
     def final_norm(self) -> Any:
         return self._at(self.norm_path)
+
+    @property
+    def unembed(self) -> Any:
+        """The envoy of the output embedding (lm_head)."""
+        return self._at(self.head_path)
 
     def check_layers(self, layers: list[int] | None) -> list[int]:
         """`layers` validated (negative counts from the end); None means all."""
@@ -184,7 +191,8 @@ def _describe(lm: Any, *, name: str, langs: tuple[str, ...], remote: bool = Fals
     return Model(lm=lm, tokenizer=lm.tokenizer, name=name, slug=slugify(name),
                  n_layers=len(functools.reduce(getattr, layers_path.split("."), module)),
                  d_model=getattr(config, "hidden_size", None) or config.n_embd, layers_path=layers_path,
-                 norm_path=_resolve(module, _NORM_PATHS, "final norm"), remote=remote, langs=langs)
+                 norm_path=_resolve(module, _NORM_PATHS, "final norm"),
+                 head_path=_resolve(module, _HEAD_PATHS, "unembedding"), remote=remote, langs=langs)
 
 
 def _save_converted(hf_model: Any, tokenizer: Any, target: Path) -> None:

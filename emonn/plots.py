@@ -35,7 +35,7 @@ def heatmap(frame: pl.DataFrame, *, x: str, y: str, color: str, title: str, doma
             size: int = 360) -> alt.Chart:
     """A rect heatmap of `color` over `x` × `y` (ordinal axes, optionally in a given order)."""
     scale = alt.Scale(scheme=scheme, reverse=scheme == "redblue", domain=list(domain) if domain else alt.Undefined)
-    return alt.Chart(frame.to_pandas(), title=title).mark_rect().encode(
+    return alt.Chart(frame, title=title).mark_rect().encode(
         x=alt.X(f"{x}:O", sort=sort_x or "ascending"),
         y=alt.Y(f"{y}:O", sort=sort_y or "ascending"),
         color=alt.Color(f"{color}:Q", scale=scale),
@@ -46,7 +46,7 @@ def heatmap(frame: pl.DataFrame, *, x: str, y: str, color: str, title: str, doma
 def lines(frame: pl.DataFrame, *, x: str, y: str, color: str | None = None, title: str, band: tuple[str, str]
           | None = None, y_title: str | None = None) -> alt.LayerChart | alt.Chart:
     """Lines of `y` against `x` (one per `color`), with an optional shaded band between two columns."""
-    data = frame.to_pandas()
+    data = frame
     base = alt.Chart(data, title=title)
     encode = {"x": alt.X(f"{x}:Q"), "y": alt.Y(f"{y}:Q", title=y_title or y)}
     if color:
@@ -61,7 +61,7 @@ def lines(frame: pl.DataFrame, *, x: str, y: str, color: str | None = None, titl
 
 def scatter(frame: pl.DataFrame, *, x: str, y: str, color: str, label: str, title: str) -> alt.LayerChart:
     """Labelled points coloured by a quantity (e.g. PCA of emotion vectors coloured by valence)."""
-    base = alt.Chart(frame.to_pandas(), title=title).encode(x=f"{x}:Q", y=f"{y}:Q")
+    base = alt.Chart(frame, title=title).encode(x=f"{x}:Q", y=f"{y}:Q")
     points = base.mark_circle(size=80).encode(color=alt.Color(f"{color}:Q", scale=alt.Scale(scheme="redblue")),
                                               tooltip=[label, color])
     return (points + base.mark_text(dx=6, align="left", fontSize=9).encode(text=f"{label}:N")).properties(
@@ -71,7 +71,7 @@ def scatter(frame: pl.DataFrame, *, x: str, y: str, color: str, label: str, titl
 def bars(frame: pl.DataFrame, *, x: str, y: str, color: str | None = None, title: str,
          error: tuple[str, str] | None = None) -> alt.LayerChart | alt.Chart:
     """Bars of `y` per `x`, with optional error bars between two columns."""
-    base = alt.Chart(frame.to_pandas(), title=title)
+    base = alt.Chart(frame, title=title)
     chart = base.mark_bar().encode(x=f"{x}:N", y=f"{y}:Q", **({"color": f"{color}:N"} if color else {}))
     if error:
         chart = chart + base.mark_errorbar().encode(x=f"{x}:N", y=f"{error[0]}:Q", y2=f"{error[1]}:Q")

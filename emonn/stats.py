@@ -423,21 +423,25 @@ def hierarchical_order(sim: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- PCA, depth profiles
-def pc_correlations(x: np.ndarray, targets: dict[str, np.ndarray], *, n_pcs: int = 2) -> list[dict]:
-    """Pearson r and p between the first n_pcs PC scores of x `(n, d)` and each target `(n,)`.
-
-    PCA = SVD of the centred x; each PC's sign is fixed so that its largest-|loading| entry is
-    positive. Returns rows {"pc": 1-based int, "target": name, "r": float, "p": float}.
-    """
+def pc_scores(x: np.ndarray, *, n_pcs: int = 2) -> np.ndarray:
+    """Scores `(n, n_pcs)` on the first principal components of x `(n, d)` (SVD of the centred x); each PC's
+    sign is fixed so that its largest-|loading| entry is positive."""
     if not 1 <= n_pcs <= min((x := _matrix(x)).shape):
         raise ValueError(f"n_pcs must be in [1, {min(x.shape)}], got {n_pcs}")
     u, s, vt = np.linalg.svd(x - x.mean(axis=0), full_matrices=False)
     signs = np.sign(vt[np.arange(len(vt)), np.argmax(np.abs(vt), axis=1)])
-    scores = u[:, :n_pcs] * s[:n_pcs] * signs[:n_pcs]
-    rows = []
+    return u[:, :n_pcs] * s[:n_pcs] * signs[:n_pcs]
+
+
+def pc_correlations(x: np.ndarray, targets: dict[str, np.ndarray], *, n_pcs: int = 2) -> list[dict]:
+    """Pearson r and p between the first n_pcs PC scores of x `(n, d)` (see `pc_scores`) and each target `(n,)`.
+
+    Returns rows {"pc": 1-based int, "target": name, "r": float, "p": float}.
+    """
+    scores, rows = pc_scores(x, n_pcs=n_pcs), []
     for pc in range(n_pcs):
         for name, target in targets.items():
-            res = stats.pearsonr(scores[:, pc], _labels(target, x.shape[0], f"target {name!r}"))
+            res = stats.pearsonr(scores[:, pc], _labels(target, scores.shape[0], f"target {name!r}"))
             rows.append({"pc": pc + 1, "target": name, "r": float(res.statistic), "p": float(res.pvalue)})
     return rows
 
