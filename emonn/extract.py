@@ -112,17 +112,18 @@ def activations(model: Model, texts: list[str], *, reducer: str = "mean", start:
 
 def emotion_vectors(model: Model, stories: pl.DataFrame, *, neutral: pl.DataFrame | None = None,
                     start: int = START, layers: list[int] | None = None, cache: ActivationCache | None = None,
-                    variance: float = 0.5, progress: bool = True) -> tuple[EmotionVectors, np.ndarray]:
+                    variance: float = 0.5, batch_tokens: int = 2048, progress: bool = True
+                    ) -> tuple[EmotionVectors, np.ndarray]:
     """Comprehension-based emotion vectors from corpus rows (id, emotion, lang, topic, text), with the
     neutral texts' top PCs projected out when `neutral` is given. Returns the vectors and the stories'
     activations `(n_stories, n_layers, d)` (for bootstraps, transfer and classification)."""
     layers = model.check_layers(layers)
     acts = activations(model, stories["text"].to_list(), start=start, layers=layers, cache=cache,
-                       progress=progress)
+                       batch_tokens=batch_tokens, progress=progress)
     neutral_acts = None
     if neutral is not None:
         neutral_acts = activations(model, neutral["text"].to_list(), start=start, layers=layers, cache=cache,
-                                   progress=progress)
+                                   batch_tokens=batch_tokens, progress=progress)
     meta = {"model": model.name, "corpus": corpus.digest(stories), "reducer": "mean", "start": start,
             "langs": sorted(stories["lang"].unique().to_list()), "n_texts": len(stories),
             "neutral": corpus.digest(neutral) if neutral is not None else None}

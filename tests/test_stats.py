@@ -461,3 +461,14 @@ def test_bootstrap_ci_vector_statistic_matches_per_component_runs():
         one = S.bootstrap_ci(lambda idx: x[idx, k].mean(), labels, n_boot=200, seed=1)
         assert np.isclose(one.low, both.low[k]) and np.isclose(one.high, both.high[k])
         assert np.isclose(one.estimate, both.estimate[k])
+
+
+def test_bootstrap_basic_interval_reflects_the_percentile_one():
+    rng = np.random.default_rng(4)
+    x, labels = rng.exponential(size=60), np.zeros(60)
+    pct = S.bootstrap_ci(lambda idx: x[idx].max(), labels, n_boot=300, seed=2)
+    basic = S.bootstrap_ci(lambda idx: x[idx].max(), labels, n_boot=300, seed=2, method="basic")
+    assert np.isclose(basic.low, 2 * pct.estimate - pct.high) and np.isclose(basic.high, 2 * pct.estimate - pct.low)
+    assert pct.high <= pct.estimate + 1e-12 <= basic.low + 1e-12  # max is biased low: basic shifts the interval up
+    with pytest.raises(ValueError, match="method"):
+        S.bootstrap_ci(lambda idx: 0.0, labels, method="bca")

@@ -1,0 +1,40 @@
+"""Helpers for the study smoke tests: import a study script and run it on a tiny model."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import polars as pl
+from click.testing import CliRunner
+
+from emonn import corpus
+
+STUDIES = Path(__file__).parent.parent / "studies"
+
+
+def study(name: str):
+    spec = importlib.util.spec_from_file_location(f"study_{name}", STUDIES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def corpus_slice(path: Path, *, emotions: int = 6, per: int = 2, langs=("en", "ja")) -> Path:
+    """A small valid corpus file: the first `per` stories of the first `emotions` emotions per language."""
+    names = corpus.emotion_names()[:emotions]
+    frame = corpus.load(langs=list(langs), emotions=names)
+    frame = frame.group_by("lang", "emotion", maintain_order=True).head(per)
+    frame.write_ndjson(path)
+    return path
+
+
+def neutral_slice(path: Path, *, per: int = 6, langs=("en", "ja")) -> Path:
+    """A small neutral-texts file: the first `per` texts per language."""
+    corpus.load(neutral=True, langs=list(langs)).group_by("lang", maintain_order=True).head(per).write_ndjson(path)
+    return path
+
+
+def invoke(command, args: list[str]):
+    result = CliRunner().invoke(command, args, catch_exceptions=False)
+    return result

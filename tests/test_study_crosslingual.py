@@ -1,0 +1,63 @@
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from emonn import extract, models
+from emonn.vectors import EmotionVectors
+from conftest import tiny_model
+from studies_util import corpus_slice, invoke, neutral_slice, study
+
+crosslingual = study("crosslingual")
+
+
+@pytest.fixture
+def tiny_gemma(monkeypatch):
+    model = tiny_model("gemma3_text", bos=True, byte_level=True)
+    monkeypatch.setattr(models, "load", lambda name, remote=False, **kw: model)
+    return model
+
+
+def test_smoke_on_tiny_model(tmp_path, tiny_gemma, monkeypatch):
+    path = corpus_slice(tmp_path / "slice.jsonl")
+    neutral = neutral_slice(tmp_path / "neutral.jsonl")
+    args = ["--corpus", str(path), "--neutral", str(neutral), "--permutations", "200", "--bootstrap", "20", "--out", str(tmp_path / "out")]
+    result = invoke(crosslingual.main, args)
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "out" / "crosslingual" / "tiny-gemma3_text"
+    rsa = pl.read_parquet(folder / "results" / "rsa.parquet")
+    assert rsa.height == 2 * 4 and rsa["p"].is_between(1 / 201, 1).all()
+    assert set(pl.read_parquet(folder / "results" / "emotion_cosine.parquet")["variant"]) == {"raw", "centered",
+                                                                                             "denoised"}
+    assert (folder / "figures" / "rsa_by_depth.png").stat().st_size > 1000
+    assert "RSA" in (folder / "report.md").read_text()
+    assert json.loads((folder / "config.json").read_text())["permutations"] == 200
+    vectors = EmotionVectors.load(folder / "vectors" / "ja")
+    assert vectors.vectors.shape == (6, 4, 32) and vectors.meta["langs"] == ["ja"]
+    # a rerun reuses the cached activations: no extraction forward pass at all
+    monkeypatch.setattr(extract, "forward_pooled", lambda *a, **k: pytest.fail("recomputed cached activations"))
+    assert invoke(crosslingual.main, args).exit_code == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--langs", "en"], "--langs needs two different languages"),
+    (["--langs", "en,fr"], "unknown language 'fr'"),
+    (["--layers", "99"], "layer 99 out of range"),
+])
+def test_bad_options_end_in_one_line(tmp_path, tiny_gemma, args, message):
+    path = corpus_slice(tmp_path / "slice.jsonl")
+    result = invoke(crosslingual.main, ["--corpus", str(path), "--out", str(tmp_path), *args])
+    assert result.exit_code == 1
+    assert message in result.output and result.output.count("\n") == 1
+
+
+def test_corpus_without_the_language(tmp_path, tiny_gemma):
+    path = corpus_slice(tmp_path / "en_only.jsonl", langs=("en",))
+    result = invoke(crosslingual.main, ["--corpus", str(path), "--out", str(tmp_path)])
+    assert result.exit_code == 1 and "lang 'ja' not in corpus" in result.output
+
+
+def test_script_of_tokens():
+    assert [crosslingual.script(t) for t in (" joy", "かな", "カナ", "漢字", "한글", "42!")] == [
+        "latin", "kana", "kana", "han", "hangul", "other"]
