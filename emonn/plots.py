@@ -59,6 +59,13 @@ def lines(frame: pl.DataFrame, *, x: str, y: str, color: str | None = None, titl
     return chart
 
 
+def band(frame: pl.DataFrame, *, x: str, low: str, high: str, label: str, color: str = "#f58518") -> alt.Chart:
+    """A shaded band between two columns (e.g. a permutation null's 95% range), labelled in a legend."""
+    return alt.Chart(frame.with_columns(band=pl.lit(label))).mark_area(opacity=0.25).encode(
+        x=f"{x}:Q", y=alt.Y(f"{low}:Q", title=None), y2=f"{high}:Q",
+        fill=alt.Fill("band:N", scale=alt.Scale(range=[color]), title=None))
+
+
 def scatter(frame: pl.DataFrame, *, x: str, y: str, color: str, label: str, title: str) -> alt.LayerChart:
     """Labelled points coloured by a quantity (e.g. PCA of emotion vectors coloured by valence)."""
     base = alt.Chart(frame, title=title).encode(x=f"{x}:Q", y=f"{y}:Q")
@@ -76,3 +83,18 @@ def bars(frame: pl.DataFrame, *, x: str, y: str, color: str | None = None, title
     if error:
         chart = chart + base.mark_errorbar().encode(x=f"{x}:N", y=f"{error[0]}:Q", y2=f"{error[1]}:Q")
     return chart.properties(width=420, height=260)
+
+
+def tiles(frame: pl.DataFrame, *, x: str, y: str, category: str, text: str, title: str,
+          categories: list[str] | None = None, sort_x: list | None = None, sort_y: list | None = None,
+          size: int = 90) -> alt.LayerChart:
+    """A map of categories over `x` × `y` (e.g. the steering regime per layer × alpha): each tile coloured
+    by `category` (in the order `categories`) and labelled with the string column `text`."""
+    base = alt.Chart(frame, title=title).encode(x=alt.X(f"{x}:O", sort=sort_x or "ascending"),
+                                                y=alt.Y(f"{y}:O", sort=sort_y or "ascending"))
+    scale = alt.Scale(domain=categories) if categories else alt.Undefined
+    rects = base.mark_rect(stroke="white").encode(color=alt.Color(f"{category}:N", scale=scale),
+                                                  tooltip=[x, y, category, text])
+    labels = base.mark_text(fontSize=9, lineBreak="\n").encode(text=f"{text}:N")
+    n_x, n_y = frame[x].n_unique(), frame[y].n_unique()
+    return (rects + labels).properties(width=size * n_x, height=size * 0.6 * n_y)

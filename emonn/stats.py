@@ -145,6 +145,21 @@ def rsa(a: np.ndarray, b: np.ndarray, *, method: Method = "spearman") -> float:
     return float(corr(upper(a), upper(b)).statistic)
 
 
+def rsa_stack(a: np.ndarray, b: np.ndarray, *, method: Method = "spearman") -> np.ndarray:
+    """`rsa` of matching matrices in two stacks `(k, n, n)` (e.g. one per layer), vectorised: `(k,)`."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 3 or a.shape[1] != a.shape[2]:
+        raise ValueError(f"need two stacks of square matrices of one shape, got {a.shape} and {b.shape}")
+    iu, ju = np.triu_indices(a.shape[1], k=1)
+    va, vb = a[:, iu, ju], b[:, iu, ju]
+    if method == "spearman":
+        va, vb = stats.rankdata(va, axis=1), stats.rankdata(vb, axis=1)
+    elif method != "pearson":
+        raise ValueError(f"method must be 'spearman' or 'pearson', got {method!r}")
+    va, vb = va - va.mean(1, keepdims=True), vb - vb.mean(1, keepdims=True)
+    return (va * vb).sum(1) / np.sqrt((va**2).sum(1) * (vb**2).sum(1))
+
+
 def permutation_p(observed: float, null: np.ndarray, *, alternative: Alternative = "greater") -> float:
     """Permutation p-value (k + 1) / (n + 1), k = #null values at least as extreme as observed.
 
@@ -356,12 +371,13 @@ def silhouette(x: np.ndarray, labels: np.ndarray, *, metric: str = "cosine") -> 
 
 
 # ---------------------------------------------------------------- Procrustes alignment
-def _loo_retrieval(x: np.ndarray, y: np.ndarray, x_proj: np.ndarray) -> float:
-    n, y_unit, hits = x.shape[0], _unit_rows(y), 0
+def _loo_retrieval(x_train: list[np.ndarray], x_query: np.ndarray, y: np.ndarray) -> float:
+    n, hits = y.shape[0], 0
     for i in range(n):
         keep = np.arange(n) != i
-        r, _ = orthogonal_procrustes(x[keep], y[keep])
-        hits += int(np.argmax(y_unit @ (x_proj[i] @ r)) == i)
+        my = y[keep].mean(axis=0)
+        r, _ = orthogonal_procrustes(x_train[i], y[keep] - my)
+        hits += int(np.argmax(_unit_rows(y - my) @ (x_query[i] @ r)) == i)
     return hits / n
 
 
@@ -371,9 +387,11 @@ def procrustes_test(x: np.ndarray, y: np.ndarray, *, n_permutations: int = 1000,
     With few points (e.g. 30 emotions) in high dimension an orthogonal map fits almost any
     pairing in-sample, so an in-sample fit is meaningless. Instead, for each i a map is fit
     (scipy orthogonal_procrustes) on the other n-1 pairs, x_i is mapped, and it is a hit if
-    y_i is its cosine-nearest row among all of y. Only the part of x_i in the span of the
-    other x rows is mapped (the rest is unconstrained by the fit), so retrieval needs shared
-    low-dimensional structure: isotropic random rows give ~0 accuracy whatever the pairing.
+    y_i is its cosine-nearest row among all of y. Each fold centres x and y on the mean of its
+    n-1 training rows: rows centred over all n (e.g. emotion vectors centred over emotions) sum to
+    zero, so x_i = -sum of the others and a map fitted on them would retrieve y_i by construction.
+    Only the part of x_i in the span of the other (centred) x rows is mapped (the rest is
+    unconstrained by the fit), so retrieval needs shared low-dimensional structure.
     Rows are first written in an orthonormal basis of their own row space (an isometry,
     d -> <= n). Null: the same statistic with y's rows shuffled. statistic in [0, 1].
     Cost: n * (n_permutations + 1) SVDs of at most n x n.
@@ -381,16 +399,18 @@ def procrustes_test(x: np.ndarray, y: np.ndarray, *, n_permutations: int = 1000,
     x, y = _matrix(x, "x"), _matrix(y, "y")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x and y must have the same number of rows, got {x.shape[0]} and {y.shape[0]}")
-    if (n := x.shape[0]) < 3:
-        raise ValueError(f"need at least 3 matched rows, got {n}")
+    if (n := x.shape[0]) < 4:
+        raise ValueError(f"need at least 4 matched rows, got {n}")
     x, y = np.linalg.qr(x.T)[1].T, np.linalg.qr(y.T)[1].T  # (n, min(n, d)) row-space coordinates
-    x_proj = np.empty_like(x)
+    x_train, x_query = [], np.empty_like(x)
     for i in range(n):
         others = np.delete(x, i, axis=0)
-        x_proj[i] = np.linalg.lstsq(others.T, x[i], rcond=None)[0] @ others
-    observed = _loo_retrieval(x, y, x_proj)
+        centred = others - others.mean(axis=0)
+        x_train.append(centred)
+        x_query[i] = np.linalg.lstsq(centred.T, x[i] - others.mean(axis=0), rcond=None)[0] @ centred
+    observed = _loo_retrieval(x_train, x_query, y)
     rng = np.random.default_rng(seed)
-    null = np.array([_loo_retrieval(x, y[rng.permutation(n)], x_proj) for _ in range(n_permutations)])
+    null = np.array([_loo_retrieval(x_train, x_query, y[rng.permutation(n)]) for _ in range(n_permutations)])
     return PermutationResult(observed, permutation_p(observed, null), null)
 
 

@@ -67,7 +67,9 @@ class EmotionVectors:
         missing = [e for e in emotions if not np.any(labels == e)]
         if missing:
             raise EmonnError(f"no texts for emotion '{missing[0]}'")
-        means = np.stack([acts[labels == e].mean(0, dtype=np.float64) for e in emotions])
+        onehot = (labels[None, :] == np.asarray(emotions)[:, None]).astype(np.float32)
+        means = (onehot @ acts.reshape(len(acts), -1)).reshape(len(emotions), *acts.shape[1:]).astype(np.float64)
+        means /= onehot.sum(1)[:, None, None]
         center = means.mean(0)
         if pcs is None:
             pcs = tuple(neutral_pcs(neutral, variance)) if neutral is not None else ()
