@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -106,8 +106,8 @@ def _resolve(module: Any, paths: tuple[str, ...], what: str) -> str:
 class Model:
     """A loaded model. `lm` is the nnsight wrapper, `tokenizer` pads on the left (nnsight sets it)."""
 
-    lm: Any
-    tokenizer: Any
+    lm: Any = field(repr=False)
+    tokenizer: Any = field(repr=False)
     name: str
     slug: str
     n_layers: int
