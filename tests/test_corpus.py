@@ -66,9 +66,8 @@ def test_shipped_corpus_has_the_counts_the_issue_asks_for():
     assert len(shared) >= 24 and shared <= set(corpus.topics()["topic"])
 
 
+@shipped
 def test_cli_validates_the_shipped_files_by_default():
-    if not STORIES.exists():
-        pytest.skip("emonn/corpus/stories.jsonl is not merged yet")
     result = CliRunner().invoke(cli, ["validate"])
     assert result.exit_code == 0, result.output
     assert result.output.startswith("0 problem(s) in stories.jsonl")

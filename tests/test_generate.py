@@ -170,12 +170,12 @@ def test_cli_generates_with_a_tiny_model_end_to_end(tmp_path, monkeypatch):
 @pytest.mark.real
 def test_generate_on_smollm2(smollm2, tmp_path):
     out = tmp_path / "g.jsonl"
-    cells = gen.cells(["en"], ["joyful"], ["pet"])
-    outcome = gen.run(smollm2, cells, per_cell=1, out=out, bounds={"en": (5, 160)}, attempts=2, batch_size=2,
-                      max_new_tokens=32, progress=False)
-    assert outcome.counts["generated"] in (1, 2)
+    cells = gen.cells(["en"], ["joyful"], ["pet", "garden"])  # one batch of two short stories
+    outcome = gen.run(smollm2, cells, per_cell=1, out=out, bounds={"en": (5, 160)}, attempts=1, max_new_tokens=32,
+                      progress=False)
+    assert outcome.counts["generated"] == 2
     rows = read(out) if out.exists() else []
-    assert len(rows) == outcome.counts["kept"] == 1 - len(outcome.missing)
+    assert len(rows) == outcome.counts["kept"] == 2 - len(outcome.missing)
     for row in rows:
-        assert row["id"] == "gen-en-joyful-pet-01" and len(row["text"].split()) >= 5
-        assert corpus.forbidden_hit(row["text"], "en", "joyful") is None
+        assert row["id"] in ("gen-en-joyful-pet-01", "gen-en-joyful-garden-01")
+        assert len(row["text"].split()) >= 5 and corpus.forbidden_hit(row["text"], "en", "joyful") is None

@@ -51,7 +51,30 @@ def topics() -> pl.DataFrame:
 
 def behaviours() -> pl.DataFrame:
     """Activities for the A/B preference (Elo) study: category, activity."""
-    return pl.read_csv(HERE / "behaviours.csv")
+    return check_behaviours(pl.read_csv(HERE / "behaviours.csv"), "behaviours.csv")
+
+
+def check_behaviours(frame: pl.DataFrame, source: str) -> pl.DataFrame:
+    """A behaviours table (category, activity) as strings, or an `EmonnError` naming every problem: a missing
+    column, an empty, duplicate or multi-line activity, one over 15 words (they are read inside a one-line
+    question), fewer than 2 categories, or a category with fewer than 2 activities."""
+    missing = [c for c in ("category", "activity") if c not in frame.columns]
+    if missing:
+        raise EmonnError(f"behaviours {source} lacks column(s) {', '.join(missing)} (needs category, activity)")
+    frame = frame.select(pl.col("category", "activity").cast(pl.String).fill_null("").str.strip_chars())
+    problems = [f"row {i + 1}: empty {name}" for i, row in enumerate(frame.iter_rows(named=True))
+                for name in ("category", "activity") if not row[name]]
+    problems += [f"'{a}' appears more than once" for a in frame.filter(pl.col("activity").is_duplicated())
+                 ["activity"].unique(maintain_order=True).to_list() if a]
+    problems += [f"'{a[:40]}' spans several lines" for a in frame["activity"] if "\n" in a]
+    problems += [f"'{a[:40]}...' has {len(a.split())} words (at most 15)" for a in frame["activity"] if len(a.split()) > 15]
+    counts = frame.filter(pl.col("category") != "").group_by("category", maintain_order=True).len()
+    if counts.height < 2:
+        problems.append(f"{counts.height} category (need at least 2)")
+    problems += [f"category '{c}' has {n} activity (need at least 2)" for c, n in counts.iter_rows() if n < 2]
+    if problems:
+        raise EmonnError(f"behaviours {source} has {len(problems)} problem(s): {'; '.join(problems[:5])}")
+    return frame
 
 
 def read(path: Path | str) -> pl.DataFrame:
@@ -82,7 +105,8 @@ class Problem:
         return f"{self.id}: {self.kind} ({self.detail})"
 
 
-def _length(text: str, lang: str) -> int:
+def length(text: str, lang: str) -> int:
+    """A text's length in its language's unit (BOUNDS): English words, Japanese characters."""
     return len(text.split()) if BOUNDS[lang][0] == "words" else len(text)
 
 
@@ -100,23 +124,41 @@ def _units(text: str, lang: str) -> list[str]:
     return re.findall(r"[a-z']+", text.lower()) if lang == "en" else list(re.sub(r"\s", "", text))
 
 
+class NearDuplicates:
+    """The openings and long runs (SHARED_RUN words/characters) of the texts of one language seen so far:
+    `repeats` names what a new text shares with an earlier one, which is how templated stories show."""
+
+    def __init__(self, lang: str) -> None:
+        self.lang, self.run = lang, SHARED_RUN.get(lang, 8)
+        self.openings: dict[str, str] = {}
+        self.runs: dict[str, str] = {}
+
+    def _split(self, text: str) -> tuple[str, list[str]]:
+        units = _units(text, self.lang)
+        runs = [" ".join(units[i: i + self.run]) for i in range(len(units) - self.run + 1)]
+        return " ".join(units[: OPENING.get(self.lang, 3)]), runs
+
+    def repeats(self, text: str) -> list[str]:
+        """What `text` shares with the texts added so far: the same opening, the first shared run."""
+        opening, runs = self._split(text)
+        found = [f"same opening as {self.openings[opening]}"] if opening in self.openings else []
+        shared = next((run for run in runs if run in self.runs), None)
+        return found + ([f"shares '{shared}' with {self.runs[shared]}"] if shared else [])
+
+    def add(self, id: str, text: str) -> None:
+        opening, runs = self._split(text)
+        self.openings.setdefault(opening, id)
+        for run in runs:
+            self.runs.setdefault(run, id)
+
+
 def _near_duplicates(frame: pl.DataFrame) -> list[Problem]:
     problems: list[Problem] = []
-    for (lang,), part in frame.group_by("lang"):
-        n, seen_runs, seen_openings = SHARED_RUN.get(lang, 8), {}, {}
+    for (lang,), part in frame.group_by("lang", maintain_order=True):
+        seen = NearDuplicates(lang)
         for row in part.iter_rows(named=True):
-            units = _units(row["text"], lang)
-            opening = " ".join(units[: OPENING.get(lang, 3)])
-            if opening in seen_openings:
-                problems.append(Problem(row["id"], "near-duplicate", f"same opening as {seen_openings[opening]}"))
-            seen_openings.setdefault(opening, row["id"])
-            for i in range(len(units) - n + 1):
-                run = " ".join(units[i: i + n])
-                if seen_runs.get(run, row["id"]) != row["id"]:
-                    problems.append(Problem(row["id"], "near-duplicate",
-                                            f"shares '{run}' with {seen_runs[run]}"))
-                    break
-                seen_runs.setdefault(run, row["id"])
+            problems += [Problem(row["id"], "near-duplicate", detail) for detail in seen.repeats(row["text"] or "")]
+            seen.add(row["id"], row["text"] or "")
     return problems
 
 
@@ -140,8 +182,8 @@ def validate(frame: pl.DataFrame) -> list[Problem]:
             problems.append(Problem(row["id"], "unknown language", f"'{lang}' (known: {', '.join(BOUNDS)})"))
             continue
         unit, low, high = BOUNDS[lang]
-        if not low <= _length(text, lang) <= high:
-            problems.append(Problem(row["id"], "length", f"{_length(text, lang)} {unit}, allowed {low}-{high}"))
+        if not low <= length(text, lang) <= high:
+            problems.append(Problem(row["id"], "length", f"{length(text, lang)} {unit}, allowed {low}-{high}"))
         for name in (known if emotion == "neutral" else [emotion]):
             hit = forbidden_hit(text, lang, name)
             if hit:
