@@ -11,10 +11,11 @@ texts x layers x tokens.
 
 from __future__ import annotations
 
-import resource
+import gc
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import click
 import torch
@@ -37,6 +38,12 @@ def _hf_pooled(module: torch.nn.Module, enc: dict, start: int, device: str) -> t
     out = module(**enc, position_ids=positions(enc["attention_mask"]), output_hidden_states=True)
     w = mean_from(enc["attention_mask"], start)
     return torch.stack([pool(h, w) for h in out.hidden_states[1:]], 1)
+
+
+def _status_kib(field: str) -> int:
+    """A field of /proc/self/status in KiB (VmRSS: resident now; VmHWM: peak since the last reset)."""
+    line = next(row for row in Path("/proc/self/status").read_text().splitlines() if row.startswith(field))
+    return int(line.split()[1])
 
 
 def _timed(fn) -> float:
@@ -62,10 +69,13 @@ def main(name: str, n_texts: int, batch_tokens: int, repeats: int, device: str, 
          memory_child: int) -> None:
     model = models.load(name, dtype=getattr(torch, dtype))
     if memory_child:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        acts = activations(model, _texts(memory_child), progress=False)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        print(f"{memory_child} {(peak - before) / 1024:.1f} {acts.nbytes / 2**20:.1f}")
+        texts = _texts(memory_child)
+        activations(model, texts[:1], progress=False)  # pages in the memory-mapped weights, allocator warm-up
+        gc.collect()
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak RSS to the current RSS
+        before = _status_kib("VmRSS")
+        acts = activations(model, texts, progress=False)
+        print(f"{memory_child} {before / 1024:.1f} {(_status_kib('VmHWM') - before) / 1024:.1f} {acts.nbytes / 2**20:.1f}")
         return
     hf = model.lm._module.to(device)
     torch.set_grad_enabled(False)
@@ -97,8 +107,9 @@ def main(name: str, n_texts: int, batch_tokens: int, repeats: int, device: str, 
         print("  peak RSS growth during extraction (fresh process each):")
         for n in (90, 720):
             out = subprocess.run([sys.executable, __file__, "--model", name, "--memory-child", str(n)],
-                                 capture_output=True, text=True, check=True).stdout.split()[-3:]
-            print(f"    {n:4d} texts: +{float(out[1]):7.1f} MiB RSS (result array {float(out[2]):.1f} MiB)")
+                                 capture_output=True, text=True, check=True).stdout.split()[-4:]
+            print(f"    {n:4d} texts: RSS after load {float(out[1]):7.1f} MiB, peak during extraction "
+                  f"+{float(out[2]):6.1f} MiB (result array {float(out[3]):.1f} MiB)")
 
 
 if __name__ == "__main__":

@@ -143,6 +143,13 @@ class Model:
             raise EmonnError(f"layer {bad[0]} out of range: {self.name} has layers 0..{self.n_layers - 1}")
         return sorted({layer % self.n_layers for layer in layers})
 
+    def reads(self, langs: list[str]) -> list[str]:
+        """Those of `langs` this model reads (SmolLM2: English only); none of them is an error."""
+        found = [lang for lang in langs if lang in self.langs]
+        if not found:
+            raise EmonnError(f"{self.name} reads {', '.join(self.langs)}, none of the languages {', '.join(langs)}")
+        return found
+
     def depth(self, layer: int) -> float:
         """Relative depth layer / (n_layers - 1), comparable across models."""
         return layer / (self.n_layers - 1)

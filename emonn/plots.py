@@ -44,11 +44,12 @@ def heatmap(frame: pl.DataFrame, *, x: str, y: str, color: str, title: str, doma
 
 
 def lines(frame: pl.DataFrame, *, x: str, y: str, color: str | None = None, title: str, band: tuple[str, str]
-          | None = None, y_title: str | None = None) -> alt.LayerChart | alt.Chart:
-    """Lines of `y` against `x` (one per `color`), with an optional shaded band between two columns."""
+          | None = None, y_title: str | None = None, zero: bool = True) -> alt.LayerChart | alt.Chart:
+    """Lines of `y` against `x` (one per `color`), with an optional shaded band between two columns;
+    `zero=False` lets the y axis start near the data (e.g. a ratio around 1)."""
     data = frame
     base = alt.Chart(data, title=title)
-    encode = {"x": alt.X(f"{x}:Q"), "y": alt.Y(f"{y}:Q", title=y_title or y)}
+    encode = {"x": alt.X(f"{x}:Q"), "y": alt.Y(f"{y}:Q", title=y_title or y, scale=alt.Scale(zero=zero))}
     if color:
         encode["color"] = alt.Color(f"{color}:N")
     chart = base.mark_line(point=True).encode(**encode).properties(width=420, height=260)
@@ -76,25 +77,29 @@ def scatter(frame: pl.DataFrame, *, x: str, y: str, color: str, label: str, titl
 
 
 def bars(frame: pl.DataFrame, *, x: str, y: str, color: str | None = None, title: str,
-         error: tuple[str, str] | None = None) -> alt.LayerChart | alt.Chart:
-    """Bars of `y` per `x`, with optional error bars between two columns."""
+         error: tuple[str, str] | None = None, offset: str | None = None) -> alt.LayerChart | alt.Chart:
+    """Bars of `y` per `x`, with optional error bars between two columns; `offset` sets bars of one `x` side by
+    side (grouped) instead of stacked."""
+    side = {"xOffset": f"{offset}:N"} if offset else {}
     base = alt.Chart(frame, title=title)
-    chart = base.mark_bar().encode(x=f"{x}:N", y=f"{y}:Q", **({"color": f"{color}:N"} if color else {}))
+    chart = base.mark_bar().encode(x=f"{x}:N", y=f"{y}:Q", **side, **({"color": f"{color}:N"} if color else {}))
     if error:
-        chart = chart + base.mark_errorbar().encode(x=f"{x}:N", y=f"{error[0]}:Q", y2=f"{error[1]}:Q")
+        chart = chart + base.mark_errorbar().encode(x=f"{x}:N", y=alt.Y(f"{error[0]}:Q", title=y), y2=f"{error[1]}:Q",
+                                                      **side)
     return chart.properties(width=420, height=260)
 
 
 def tiles(frame: pl.DataFrame, *, x: str, y: str, category: str, text: str, title: str,
-          categories: list[str] | None = None, sort_x: list | None = None, sort_y: list | None = None,
-          size: int = 90) -> alt.LayerChart:
+          categories: list[str] | None = None, colors: list[str] | None = None, sort_x: list | None = None,
+          sort_y: list | None = None, size: int = 90) -> alt.LayerChart:
     """A map of categories over `x` × `y` (e.g. the steering regime per layer × alpha): each tile coloured
-    by `category` (in the order `categories`) and labelled with the string column `text`."""
-    base = alt.Chart(frame, title=title).encode(x=alt.X(f"{x}:O", sort=sort_x or "ascending"),
-                                                y=alt.Y(f"{y}:O", sort=sort_y or "ascending"))
-    scale = alt.Scale(domain=categories) if categories else alt.Undefined
+    by `category` (in the order `categories`, optionally with one colour each) and labelled with the string
+    column `text` (newlines break lines)."""
+    base = alt.Chart(frame, title=title).encode(
+        x=alt.X(f"{x}:O", sort=sort_x or "ascending", axis=alt.Axis(labelAngle=0)),
+        y=alt.Y(f"{y}:O", sort=sort_y or "ascending"))
+    scale = alt.Scale(domain=categories or alt.Undefined, range=colors or alt.Undefined)
     rects = base.mark_rect(stroke="white").encode(color=alt.Color(f"{category}:N", scale=scale),
                                                   tooltip=[x, y, category, text])
-    labels = base.mark_text(fontSize=9, lineBreak="\n").encode(text=f"{text}:N")
-    n_x, n_y = frame[x].n_unique(), frame[y].n_unique()
-    return (rects + labels).properties(width=size * n_x, height=size * 0.6 * n_y)
+    labels = base.mark_text(fontSize=10, lineBreak="\n").encode(text=f"{text}:N")
+    return (rects + labels).properties(width=size * frame[x].n_unique(), height=size * frame[y].n_unique())

@@ -41,6 +41,14 @@ def last_token(attention_mask: torch.Tensor) -> torch.Tensor:
     return mean_from(attention_mask, start=attention_mask.shape[1])
 
 
+def still_generating(alive: torch.Tensor, input_ids: torch.Tensor, stop_ids: torch.Tensor) -> torch.Tensor:
+    """In-trace, at a generation step after the prompt: `alive` `(batch,)` (1 while a row has read no stop
+    token yet) updated with the token this step reads, the last column of `input_ids` `(batch, tokens)`.
+    A row's stop token and everything after it (padding) get weight 0."""
+    token = input_ids[:, -1]
+    return alive.to(token.device) * ~torch.isin(token, stop_ids.to(token.device))
+
+
 REDUCERS = ("mean", "last")
 
 

@@ -62,6 +62,35 @@ def activation_cache(out: Path, model: Any, reducer: str, start: int) -> Activat
 
 
 @dataclass(frozen=True)
+class GenerationCache:
+    """Finished units of generation-based extraction (`extract.generated_activations`), one `.npz` per unit
+    key: the reduced activations `(batch, n_layers, d)`, the generated token ids and their text."""
+
+    folder: Path
+
+    def load(self, key: str) -> tuple[np.ndarray, list[list[int]], list[str]] | None:
+        path = self.folder / f"{key}.npz"
+        if not path.exists():
+            return None
+        with np.load(path) as data:
+            ids = np.split(data["ids"], np.cumsum(data["lengths"])[:-1])
+            return data["acts"], [row.tolist() for row in ids], data["texts"].tolist()
+
+    def store(self, key: str, acts: np.ndarray, ids: list[list[int]], texts: list[str]) -> None:
+        import io
+
+        buffer = io.BytesIO()
+        np.savez(buffer, acts=acts.astype(np.float32), ids=np.array([t for row in ids for t in row], dtype=np.int64),
+                 lengths=np.array([len(row) for row in ids]), texts=np.array(texts, dtype=str))
+        atomic_write(self.folder / f"{key}.npz", buffer.getvalue())
+
+
+def generation_cache(out: Path, model: Any) -> GenerationCache:
+    dtype = str(next(model.lm._module.parameters()).dtype).removeprefix("torch.")
+    return GenerationCache(Path(out) / "cache" / model.slug / f"generated-{dtype}")
+
+
+@dataclass(frozen=True)
 class Run:
     """One study's output folder for one model (or one set of models)."""
 

