@@ -262,6 +262,19 @@ def _load_remote(name: str) -> Model:
     return _describe(lm, name=name, langs=("en", "ja"), remote=True)
 
 
+def installed() -> tuple[list[str], list[str]]:
+    """The embedded aliases whose packages are installed, and one line per alias that is not (with its fix)."""
+    names, skipped = [], []
+    for name, entry in EMBEDDED.items():
+        try:
+            entry.gguf()
+        except EmonnError as error:
+            skipped.append(f"{name} skipped: {error}")
+        else:
+            names.append(name)
+    return names, skipped
+
+
 def load(name: str = DEFAULT_MODEL, *, remote: bool = False, dtype: torch.dtype = torch.float32) -> Model:
     """Load `name`: an embedded alias (see `EMBEDDED`), a Hugging Face repo id (from the local cache, or
     hosted on NDIF with `remote=True`), a local model folder, or a `.gguf` file.

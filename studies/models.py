@@ -38,19 +38,6 @@ REMOTE_RECIPE = ("python studies/models.py --model meta-llama/Llama-3.1-8B "
                  "--model meta-llama/Llama-3.1-8B-Instruct --remote")
 
 
-def installed_embedded() -> tuple[list[str], list[str]]:
-    """The embedded aliases whose packages are installed, and one line per alias that is not (with its fix)."""
-    names, skipped = [], []
-    for name, entry in models.EMBEDDED.items():
-        try:
-            entry.gguf()
-        except EmonnError as error:
-            skipped.append(f"{name} skipped: {error}")
-        else:
-            names.append(name)
-    return names, skipped
-
-
 def random_init(model: models.Model, seed: int, *, initialise: bool = True) -> models.Model:
     """The architecture baseline: a model built from `model`'s config, in its dtype, with weights drawn afresh
     (seeded), sharing its tokenizer object. `initialise=False` skips drawing the weights (fast, left
@@ -140,7 +127,7 @@ def main(model_names: tuple[str, ...], remote: bool, langs: str, layers: str, st
     if not model_names:
         if remote:
             raise EmonnError(f"--remote needs the models to compare, e.g. {REMOTE_RECIPE}")
-        model_names, skipped = installed_embedded()
+        model_names, skipped = models.installed()
         for line in skipped:
             click.echo(line)
     names = list(dict.fromkeys(model_names))
