@@ -54,6 +54,30 @@ def batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
     return groups
 
 
+def missing(keys: list[str], found: dict[str, np.ndarray]) -> list[int]:
+    """Indices of the distinct keys not in `found` (the first text of each)."""
+    return list({key: i for i, key in enumerate(keys) if key not in found}.values())
+
+
+def fill(found: dict[str, np.ndarray], keys: list[str], todo: list[int], lengths: list[int] | dict[int, int],
+         compute, *, cache: ActivationCache | None, batch_tokens: int, desc: str, progress: bool) -> None:
+    """Computes rows `todo` into `found` (key -> row): `compute(indices)` runs one length-sorted batch under
+    `batch_tokens` padded tokens (`lengths` in tokens, per index) and returns `(batch, ...)`. Finished rows
+    go to `cache` every CHUNK texts, so a killed run resumes from the last stored chunk."""
+    groups = [[todo[j] for j in group] for group in batches([lengths[i] for i in todo], batch_tokens)]
+    bar = tqdm(total=len(todo), desc=desc, unit="text", disable=not progress or not todo)
+    pending: dict[str, np.ndarray] = {}
+    for group in groups:
+        rows = {keys[i]: row for i, row in zip(group, compute(group).numpy())}
+        pending.update(rows)
+        found.update(rows)
+        bar.update(len(group))
+        if cache and (len(pending) >= CHUNK or group is groups[-1]):
+            cache.store(pending)
+            pending = {}
+    bar.close()
+
+
 def forward_pooled(model: Model, input_ids: list[list[int]], *, reducer: str = "mean", start: int = START
                    ) -> torch.Tensor:
     """One batch through the model, every layer reduced in the trace: `(batch, n_layers, d_model)`."""
@@ -101,16 +125,9 @@ def embeddings(model: Model, texts: list[str], *, reducer: str = "mean", start: 
     ids = model.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
     keys = [text_key(text) for text in texts]
     found = cache.lookup(keys) if cache else {}
-    todo = list({keys[i]: i for i in range(len(texts)) if keys[i] not in found}.values())
-    new: dict[str, np.ndarray] = {}
-    groups = batches([len(ids[i]) for i in todo], batch_tokens)
-    for group in tqdm(groups, desc=f"embeddings {model.slug}", unit="batch", disable=not progress or not todo):
-        rows = [todo[j] for j in group]
-        result = forward_embedding(model, [ids[i] for i in rows], reducer=reducer, start=start).numpy()
-        new.update({keys[i]: row for i, row in zip(rows, result)})
-    if cache and new:
-        cache.store(new)
-    found.update(new)
+    fill(found, keys, missing(keys, found), [len(row) for row in ids],
+         lambda group: forward_embedding(model, [ids[i] for i in group], reducer=reducer, start=start),
+         cache=cache, batch_tokens=batch_tokens, desc=f"embeddings {model.slug}", progress=progress)
     return np.stack([found[key] for key in keys]).astype(np.float32, copy=False)
 
 
@@ -144,25 +161,13 @@ def activations(model: Model, texts: list[str], *, reducer: str = "mean", start:
         raise EmonnError(f"text #{empty[0]} is empty ({len(empty)} empty texts): remove them")
     keys = [text_key(text) for text in texts]
     found = cache.lookup(keys) if cache else {}
-    todo = list({keys[i]: i for i in range(len(texts)) if keys[i] not in found}.values())  # distinct texts
-    lengths = [len(ids[i]) for i in todo]
-    if todo:
-        short = sum(1 for n in lengths if n <= start) if reducer == "mean" else 0
-        if short:
-            warnings.warn(f"{short} texts have <= {start} tokens: their mean uses only their last token",
-                          stacklevel=2)
-    groups = [[todo[j] for j in group] for group in batches(lengths, batch_tokens)]
-    bar = tqdm(total=len(todo), desc=f"extract {model.slug}", unit="text", disable=not progress or not todo)
-    pending: dict[str, np.ndarray] = {}
-    for group in groups:
-        result = forward_pooled(model, [ids[i] for i in group], reducer=reducer, start=start).numpy()
-        pending.update({keys[i]: row for i, row in zip(group, result)})
-        bar.update(len(group))
-        if cache and (len(pending) >= CHUNK or group is groups[-1]):
-            cache.store(pending)
-            pending = {}
-        found.update({keys[i]: row for i, row in zip(group, result)})
-    bar.close()
+    todo = missing(keys, found)
+    short = sum(1 for i in todo if len(ids[i]) <= start) if reducer == "mean" else 0
+    if short:
+        warnings.warn(f"{short} texts have <= {start} tokens: their mean uses only their last token", stacklevel=2)
+    fill(found, keys, todo, [len(row) for row in ids],
+         lambda group: forward_pooled(model, [ids[i] for i in group], reducer=reducer, start=start),
+         cache=cache, batch_tokens=batch_tokens, desc=f"extract {model.slug}", progress=progress)
     return np.stack([found[key][layers] for key in keys]).astype(np.float32, copy=False)
 
 
@@ -303,20 +308,18 @@ def reread(model: Model, prompts: list[str], ids: list[list[int]], *, layers: li
     layers = model.check_layers(layers)
     keys = [text_key(json.dumps([prompt, list(row)])) for prompt, row in zip(prompts, ids)]
     found = cache.lookup(keys) if cache else {}
-    todo = list({keys[i]: i for i in range(len(keys)) if keys[i] not in found}.values())
+    todo = missing(keys, found)
     rows = {i: p + list(ids[i]) for i, p in zip(todo, model.tokenizer([prompts[i] for i in todo])["input_ids"])
             } if todo else {}
-    new: dict[str, np.ndarray] = {}
-    for group in tqdm(batches([len(rows[i]) for i in todo], batch_tokens), desc=f"reread {model.slug}",
-                      unit="batch", disable=not progress or not todo):
-        group = [todo[j] for j in group]
+
+    def compute(group: list[int]) -> torch.Tensor:
         enc = model.tokenizer.pad({"input_ids": [rows[i] for i in group]}, return_tensors="pt")
         n_new = torch.tensor([len(ids[i]) for i in group])
         width = enc["input_ids"].shape[1]
         # left padding: each row's generated tokens are its last n_new columns
         w = (torch.arange(width)[None, :] >= width - n_new[:, None]).float() / n_new[:, None]
-        new.update({keys[i]: row for i, row in zip(group, pool_layers(model, dict(enc), w).numpy())})
-    if cache and new:
-        cache.store(new)
-    found.update(new)
+        return pool_layers(model, dict(enc), w)
+
+    fill(found, keys, todo, {i: len(row) for i, row in rows.items()}, compute, cache=cache,
+         batch_tokens=batch_tokens, desc=f"reread {model.slug}", progress=progress)
     return np.stack([found[key][layers] for key in keys]).astype(np.float32, copy=False)
