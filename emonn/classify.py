@@ -24,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 import polars as pl
+from scipy.special import softmax
 import torch
 
 from emonn import EmonnError
@@ -70,11 +71,6 @@ def embed(texts: list[str], *, batch_size: int = 64) -> np.ndarray:
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    z = np.exp(x - x.max(-1, keepdims=True))
-    return z / z.sum(-1, keepdims=True)
 
 
 def centroid_cosines(train_x: np.ndarray, train_labels: np.ndarray, test_x: np.ndarray, labels: list[str]
@@ -134,12 +130,12 @@ def centroid_classifier(stories: pl.DataFrame, *, encoder: Encoder = embed, temp
         held_out[test] = evidence(x[~test], y[~test], x[test])
     truth = np.array([labels.index(label) for label in y])
     accuracy = float(np.mean(held_out.argmax(1) == truth))
-    nll = [-np.log(np.maximum(_softmax(held_out / t)[np.arange(len(x)), truth], 1e-300)).mean()
+    nll = [-np.log(np.maximum(softmax(held_out / t, axis=-1)[np.arange(len(x)), truth], 1e-300)).mean()
            for t in TEMPERATURES]
     temperature = float(TEMPERATURES[int(np.argmin(nll))])
 
     def score(texts: list[str]) -> np.ndarray:
-        return _softmax(evidence(x, y, encoder(texts).astype(np.float64)) / temperature)
+        return softmax(evidence(x, y, encoder(texts).astype(np.float64)) / temperature, axis=-1)
 
     note = (f"nearest centroid{f' + prototype {template!r}' if template else ''}, leave-one-topic-out over "
             f"{len(x)} stories of {len(labels)} emotions in {len(np.unique(topics))} topics "
