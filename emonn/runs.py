@@ -13,12 +13,15 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
 
 from emonn import EmonnError
+
+if TYPE_CHECKING:
+    import torch
 
 OUT = Path("outputs")
 
@@ -55,9 +58,14 @@ class ActivationCache:
         atomic_write(self.folder / f"{uuid.uuid4().hex}.npz", buffer.getvalue())
 
 
+def cache_name(reducer: str, start: int, dtype: torch.dtype) -> str:
+    """The folder of a model's activations under one reducer and dtype, e.g. `mean-k20-float32`."""
+    dtype = str(dtype).removeprefix("torch.")
+    return f"{reducer}-k{start}-{dtype}" if reducer == "mean" else f"{reducer}-{dtype}"
+
+
 def activation_cache(out: Path, model: Any, reducer: str, start: int) -> ActivationCache:
-    dtype = str(next(model.lm._module.parameters()).dtype).removeprefix("torch.")
-    name = f"{reducer}-k{start}-{dtype}" if reducer == "mean" else f"{reducer}-{dtype}"
+    name = cache_name(reducer, start, next(model.lm._module.parameters()).dtype)
     return ActivationCache(Path(out) / "cache" / model.slug / name)
 
 

@@ -90,6 +90,13 @@ def test_random_init_twin_has_the_architecture_and_tokenizer(zoo):
     # conftest's tiny models are themselves seed-0 draws of their config: the seed-0 twin is the model
     same = models_study.random_init(model, seed=0).lm._module.state_dict()
     assert all(torch.equal(v, same[k]) for k, v in model.lm._module.state_dict().items())
+    # in another dtype (the study's default on machines that multiply bfloat16 faster): same architecture
+    half = models_study.random_init(model, seed=1, dtype=torch.bfloat16)
+    assert {k: v.shape for k, v in half.lm._module.named_parameters()} == {k: v.shape for k, v in mine.items()}
+    assert {v.dtype for v in half.lm._module.parameters()} == {torch.bfloat16}
+    assert half.lm._module.config.to_dict() | {"dtype": None} == model.lm._module.config.to_dict() | {"dtype": None}
+    assert models_study.fast_dtype(half) == torch.bfloat16
+    assert models_study.fast_dtype(model) in (torch.float32, torch.bfloat16)
 
 
 def test_gram_rdms_equal_the_emotion_vectors_cosines():
