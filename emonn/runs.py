@@ -58,10 +58,14 @@ class ActivationCache:
         atomic_write(self.folder / f"{uuid.uuid4().hex}.npz", buffer.getvalue())
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """`torch.float32` -> `float32`: how cache folders and reports name a dtype."""
+    return str(dtype).removeprefix("torch.")
+
+
 def cache_name(reducer: str, start: int, dtype: torch.dtype) -> str:
     """The folder of a model's activations under one reducer and dtype, e.g. `mean-k20-float32`."""
-    dtype = str(dtype).removeprefix("torch.")
-    return f"{reducer}-k{start}-{dtype}" if reducer == "mean" else f"{reducer}-{dtype}"
+    return f"{reducer}-k{start}-{dtype_name(dtype)}" if reducer == "mean" else f"{reducer}-{dtype_name(dtype)}"
 
 
 def activation_cache(out: Path, model: Any, reducer: str, start: int) -> ActivationCache:
@@ -94,7 +98,7 @@ class GenerationCache:
 
 
 def generation_cache(out: Path, model: Any) -> GenerationCache:
-    dtype = str(next(model.lm._module.parameters()).dtype).removeprefix("torch.")
+    dtype = dtype_name(next(model.lm._module.parameters()).dtype)
     return GenerationCache(Path(out) / "cache" / model.slug / f"generated-{dtype}")
 
 

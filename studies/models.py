@@ -20,6 +20,7 @@ Writes outputs/models/<slug-a>__<slug-b>[__...]/ (config.json, results/*.parquet
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import time
 from typing import NamedTuple
@@ -57,24 +58,30 @@ def random_init(model: models.Model, seed: int, *, dtype: torch.dtype | None = N
 
 def fast_dtype(model: models.Model) -> torch.dtype:
     """bfloat16 where the model's device multiplies it at least twice as fast as the model's own dtype (CPUs
-    with AMX or AVX512-BF16, GPUs), else the model's dtype. Measured on a (512, 1024) x (1024, 4096) product,
-    best of 5 after a warm-up: a machine property, the same for every model."""
+    with AMX or AVX512-BF16, GPUs), else the model's dtype."""
     param = next(model.lm._module.parameters())
-    if param.dtype == torch.bfloat16:
-        return param.dtype
+    faster = param.dtype == torch.bfloat16 or bfloat16_faster(param.device.type, param.dtype)
+    return torch.bfloat16 if faster else param.dtype
 
-    def seconds(dtype: torch.dtype) -> float:
-        x, w = (torch.randn(shape, dtype=dtype, device=param.device) for shape in ((512, 1024), (1024, 4096)))
+
+@functools.cache
+def bfloat16_faster(device: str, dtype: torch.dtype) -> bool:
+    """Whether `device` multiplies bfloat16 at least twice as fast as `dtype`: a (512, 1024) x (1024, 4096)
+    product, best of 5 after a warm-up. A property of the machine: measured once per run, so every model's
+    twin in a run gets the same answer."""
+
+    def seconds(kind: torch.dtype) -> float:
+        x, w = (torch.randn(shape, dtype=kind, device=device) for shape in ((512, 1024), (1024, 4096)))
         times = []
         for _ in range(6):
             began = time.perf_counter()
             x @ w
-            if param.device.type == "cuda":
+            if device == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - began)
         return min(times[1:])
 
-    return torch.bfloat16 if 2 * seconds(torch.bfloat16) < seconds(param.dtype) else param.dtype
+    return 2 * seconds(torch.bfloat16) < seconds(dtype)
 
 
 class Geometry(NamedTuple):
@@ -203,7 +210,7 @@ def main(model_names: tuple[str, ...], remote: bool, langs: str, layers: str, st
         twin = None
         if with_random:
             twin_dtype = fast_dtype(model) if random_init_dtype == "auto" else getattr(torch, random_init_dtype)
-            info[name]["random_init_dtype"] = str(twin_dtype).removeprefix("torch.")
+            info[name]["random_init_dtype"] = runs.dtype_name(twin_dtype)
             random_cache = runs.ActivationCache(cache.folder.parent.with_name(f"{model.slug}-random-init-seed{seed}")
                                                 / runs.cache_name("mean", start_token, twin_dtype))
             texts = [t for lang in model_langs for t in frames[lang]["text"].to_list()

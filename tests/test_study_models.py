@@ -97,6 +97,9 @@ def test_random_init_twin_has_the_architecture_and_tokenizer(zoo):
     assert half.lm._module.config.to_dict() | {"dtype": None} == model.lm._module.config.to_dict() | {"dtype": None}
     assert models_study.fast_dtype(half) == torch.bfloat16
     assert models_study.fast_dtype(model) in (torch.float32, torch.bfloat16)
+    measured = models_study.bfloat16_faster.cache_info().misses
+    assert models_study.fast_dtype(zoo["tiny-llama"]) == models_study.fast_dtype(model)  # one probe per run
+    assert models_study.bfloat16_faster.cache_info().misses == measured
 
 
 def test_gram_rdms_equal_the_emotion_vectors_cosines():
