@@ -13,6 +13,20 @@ WORDS = ("the a cat dog sat ran on under mat house tree red blue big small happy
          "was is to and of in with walked slowly quickly home rain sun river old new friend letter").split()
 
 
+def crash_after(calls: int, fn):
+    """`fn`, killed (KeyboardInterrupt) when called more than `calls` times: a run interrupted mid-way."""
+    count = 0
+
+    def wrapped(*args, **kwargs):
+        nonlocal count
+        count += 1
+        if count > calls:
+            raise KeyboardInterrupt
+        return fn(*args, **kwargs)
+
+    return wrapped
+
+
 def tiny_tokenizer(bos: bool = False, byte_level: bool = False):
     """An offline tokenizer: word-level over WORDS, or byte-level (any language, one token per byte);
     both with unknown, pad, eos and bos tokens at ids 0-3."""

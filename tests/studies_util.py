@@ -38,3 +38,9 @@ def neutral_slice(path: Path, *, per: int = 6, langs=("en", "ja")) -> Path:
 def invoke(command, args: list[str]):
     result = CliRunner().invoke(command, args, catch_exceptions=False)
     return result
+
+
+def assert_one_line_error(result, message: str) -> None:
+    """The study stopped with exit code 1 and one line of output that contains `message`."""
+    assert result.exit_code == 1, result.output
+    assert message in result.output and result.output.count("\n") == 1, result.output

@@ -7,7 +7,7 @@ from emonn import EmonnError, extract
 from emonn.extract import activations, batches
 from emonn.reducers import mean_from
 from emonn.runs import ActivationCache
-from conftest import SENTENCES, tiny_model
+from conftest import SENTENCES, crash_after, tiny_model
 
 STORIES = [
     "The train was late again, and Mira counted the cracks in the platform tiles while the board blinked.",
@@ -91,15 +91,8 @@ def test_cache_resumes_after_a_crash(tiny, tmp_path, monkeypatch):
     texts += [t + " on the mat" for t in texts]  # 36 distinct texts
     monkeypatch.setattr(extract, "CHUNK", 8)
     expected = activations(tiny, texts, start=0, progress=False)
-    real, calls = extract.forward_pooled, []
-
-    def crash_after_two(*args, **kwargs):
-        calls.append(1)
-        if len(calls) > 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(extract, "forward_pooled", crash_after_two)
+    real = extract.forward_pooled
+    monkeypatch.setattr(extract, "forward_pooled", crash_after(2, real))
     with pytest.raises(KeyboardInterrupt):
         activations(tiny, texts, start=0, batch_tokens=40, cache=cache, progress=False)
     saved = len(cache.lookup([extract.text_key(t) for t in texts]))
@@ -107,10 +100,8 @@ def test_cache_resumes_after_a_crash(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(extract, "forward_pooled", real)
     resumed = activations(tiny, texts, start=0, batch_tokens=40, cache=cache, progress=False)
     np.testing.assert_allclose(resumed, expected, atol=1e-5)
-    calls.clear()
-    monkeypatch.setattr(extract, "forward_pooled", crash_after_two)
-    assert np.array_equal(activations(tiny, texts, start=0, cache=cache, progress=False), resumed)
-    assert not calls  # all cached: no forward pass at all
+    monkeypatch.setattr(extract, "forward_pooled", lambda *a, **k: pytest.fail("recomputed cached activations"))
+    assert np.array_equal(activations(tiny, texts, start=0, cache=cache, progress=False), resumed)  # all cached
 
 
 @pytest.mark.real

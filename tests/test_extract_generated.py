@@ -8,7 +8,7 @@ from nnsight.modeling.processing import positions
 from emonn import EmonnError, extract
 from emonn.reducers import still_generating
 from emonn.runs import GenerationCache
-from conftest import SENTENCES, tiny_model
+from conftest import SENTENCES, crash_after, tiny_model
 
 
 def _hf_generated_mean(model, prompts, ids):
@@ -100,15 +100,8 @@ def test_cache_resumes_per_unit_with_the_same_samples(tiny, tmp_path, monkeypatc
     prompts = SENTENCES * 2
     expected = extract.generated_activations(tiny, prompts, max_new_tokens=5, temperature=2.0, batch_size=4,
                                              progress=False)
-    cache, real, calls = GenerationCache(tmp_path), extract.generate_pooled, []
-
-    def crash_after_one(*args, **kwargs):
-        calls.append(1)
-        if len(calls) > 1:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(extract, "generate_pooled", crash_after_one)
+    cache, real = GenerationCache(tmp_path), extract.generate_pooled
+    monkeypatch.setattr(extract, "generate_pooled", crash_after(1, real))
     with pytest.raises(KeyboardInterrupt):
         extract.generated_activations(tiny, prompts, max_new_tokens=5, temperature=2.0, batch_size=4, cache=cache,
                                       progress=False)

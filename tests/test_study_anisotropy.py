@@ -6,7 +6,7 @@ import pytest
 
 from emonn import corpus, extract, models, runs, stats
 from conftest import tiny_model
-from studies_util import corpus_slice, invoke, neutral_slice, study
+from studies_util import assert_one_line_error, corpus_slice, invoke, neutral_slice, study
 
 anisotropy = study("anisotropy")
 
@@ -82,8 +82,7 @@ def test_bad_options_end_in_one_line(tmp_path, tiny_models, args, message):
     stories, neutral = _files(tmp_path)
     result = invoke(anisotropy.main, ["--model", "llama", "--langs", "en", "--corpus", str(stories), "--neutral",
                                       str(neutral), "--out", str(tmp_path), *args])
-    assert result.exit_code == 1
-    assert message in result.output and result.output.count("\n") == 1
+    assert_one_line_error(result, message)
 
 
 def test_topics_too_few_for_the_direction_folds(tmp_path, tiny_models):

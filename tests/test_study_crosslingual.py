@@ -7,7 +7,7 @@ import pytest
 from emonn import extract, models
 from emonn.vectors import EmotionVectors
 from conftest import tiny_model
-from studies_util import corpus_slice, invoke, neutral_slice, study
+from studies_util import assert_one_line_error, corpus_slice, invoke, neutral_slice, study
 
 crosslingual = study("crosslingual")
 
@@ -48,8 +48,7 @@ def test_smoke_on_tiny_model(tmp_path, tiny_gemma, monkeypatch):
 def test_bad_options_end_in_one_line(tmp_path, tiny_gemma, args, message):
     path = corpus_slice(tmp_path / "slice.jsonl")
     result = invoke(crosslingual.main, ["--corpus", str(path), "--out", str(tmp_path), *args])
-    assert result.exit_code == 1
-    assert message in result.output and result.output.count("\n") == 1
+    assert_one_line_error(result, message)
 
 
 def test_corpus_without_the_language(tmp_path, tiny_gemma):

@@ -11,7 +11,7 @@ import torch
 
 from emonn import models, steer
 from conftest import tiny_model
-from studies_util import corpus_slice, invoke, neutral_slice, study
+from studies_util import assert_one_line_error, corpus_slice, invoke, neutral_slice, study
 
 elo = study("elo")
 
@@ -158,8 +158,7 @@ def test_smoke_on_tiny_model_and_resume(tiny_llama, files, tmp_path, monkeypatch
 ])
 def test_bad_options_end_in_one_line(tiny_llama, files, extra, message):
     result = invoke(elo.main, files + extra)
-    assert result.exit_code == 1
-    assert message in result.output and result.output.count("\n") == 1
+    assert_one_line_error(result, message)
 
 
 def test_bad_behaviours_file(tiny_llama, files, tmp_path):

@@ -7,7 +7,7 @@ import pytest
 
 from emonn import extract, models
 from conftest import tiny_model
-from studies_util import corpus_slice, invoke, study
+from studies_util import assert_one_line_error, corpus_slice, invoke, study
 
 localization = study("localization")
 
@@ -82,5 +82,4 @@ def test_scores_equal_the_per_layer_statistics(tmp_path, tiny_models):
 def test_bad_options_end_in_one_line(tmp_path, tiny_models, args, message):
     path = corpus_slice(tmp_path / "slice.jsonl", emotions=4, per=2)
     result = invoke(localization.main, ["--model", "llama", "--corpus", str(path), "--out", str(tmp_path), *args])
-    assert result.exit_code == 1
-    assert message in result.output and result.output.count("\n") == 1
+    assert_one_line_error(result, message)

@@ -10,7 +10,7 @@ from emonn import EmonnError, corpus, extract, models, stats
 from emonn.remote import StrictServerBackend
 from emonn.vectors import EmotionVectors
 from conftest import tiny_model
-from studies_util import invoke, neutral_slice, study
+from studies_util import assert_one_line_error, invoke, neutral_slice, study
 
 models_study = study("models")
 
@@ -90,7 +90,12 @@ def test_random_init_twin_has_the_architecture_and_tokenizer(zoo):
     # conftest's tiny models are themselves seed-0 draws of their config: the seed-0 twin is the model
     same = models_study.random_init(model, seed=0).lm._module.state_dict()
     assert all(torch.equal(v, same[k]) for k, v in model.lm._module.state_dict().items())
-    # in another dtype (the study's default on machines that multiply bfloat16 faster): same architecture
+
+
+def test_random_init_twin_in_bfloat16_keeps_the_architecture_and_the_probe_runs_once(zoo):
+    # the study's default twin dtype on machines that multiply bfloat16 at least twice as fast
+    model = zoo["tiny-qwen2"]
+    mine = dict(model.lm._module.named_parameters())
     half = models_study.random_init(model, seed=1, dtype=torch.bfloat16)
     assert {k: v.shape for k, v in half.lm._module.named_parameters()} == {k: v.shape for k, v in mine.items()}
     assert {v.dtype for v in half.lm._module.parameters()} == {torch.bfloat16}
@@ -100,6 +105,17 @@ def test_random_init_twin_has_the_architecture_and_tokenizer(zoo):
     measured = models_study.bfloat16_faster.cache_info().misses
     assert models_study.fast_dtype(zoo["tiny-llama"]) == models_study.fast_dtype(model)  # one probe per run
     assert models_study.bfloat16_faster.cache_info().misses == measured
+
+
+def test_random_init_dtype_names_the_twins_cache_and_the_report(tmp_path, zoo):
+    result = invoke(models_study.main, _args(tmp_path, "--model", "tiny-llama", "--model", "tiny-qwen2",
+                                             "--random-init-dtype", "bfloat16"))
+    assert result.exit_code == 0, result.output
+    twins = sorted(path.parent.name for path in (tmp_path / "out" / "cache").glob("*-random-init-seed0/*-bfloat16"))
+    assert twins == ["tiny-llama-random-init-seed0", "tiny-qwen2-random-init-seed0"]
+    assert not list((tmp_path / "out" / "cache").glob("*-random-init-seed0/*-float32"))
+    report = (tmp_path / "out" / "models" / "tiny-llama__tiny-qwen2" / "report.md").read_text()
+    assert "random-init twin |" in report and report.count(" bfloat16 |") == 2
 
 
 def test_gram_rdms_equal_the_emotion_vectors_cosines():
@@ -149,8 +165,7 @@ def test_remote_run_passes_the_strict_offline_check(tmp_path, zoo, monkeypatch):
 ])
 def test_bad_options_end_in_one_line(tmp_path, zoo, args, message):
     result = invoke(models_study.main, _args(tmp_path, *args))
-    assert result.exit_code == 1
-    assert message in result.output and result.output.count("\n") == 1
+    assert_one_line_error(result, message)
 
 
 def test_qwen_alias_without_the_extra_is_one_line(tmp_path, monkeypatch):

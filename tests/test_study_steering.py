@@ -5,7 +5,7 @@ import pytest
 
 from emonn import models, steer, textmetrics
 from conftest import tiny_model
-from studies_util import corpus_slice, invoke, study
+from studies_util import assert_one_line_error, corpus_slice, invoke, study
 
 steering = study("steering")
 ARGS = ["--emotions", "afraid,angry,calm", "--layers", "1,2", "--alphas", "0.5,4", "--n-prompts", "2",
@@ -59,8 +59,7 @@ def test_smoke_on_tiny_model(tmp_path, tiny_llama, monkeypatch):
 def test_bad_options_end_in_one_line(tmp_path, tiny_llama, args, message):
     path = corpus_slice(tmp_path / "slice.jsonl", per=3, langs=("en",))
     result = invoke(steering.main, [*ARGS, "--corpus", str(path), "--out", str(tmp_path), *args])
-    assert result.exit_code == 1
-    assert message in result.output and result.output.count("\n") == 1
+    assert_one_line_error(result, message)
 
 
 def test_render_uses_the_chat_template_without_a_second_bos():
