@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import hashlib
 import importlib.util
+import logging
 import os
 import re
 import shutil
@@ -302,9 +303,16 @@ def load(name: str = DEFAULT_MODEL, *, remote: bool = False, dtype: torch.dtype 
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
         raise EmonnError(f"unknown model '{name}': use an embedded alias ({', '.join(EMBEDDED)}), "
                          "a Hugging Face repo id, a model folder or a .gguf file")
+    import huggingface_hub  # noqa: F401  (configures its loggers on import: quieten them after that)
+
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its retry warnings would precede the one-line error below
     try:
         return wrap(*_load_dir(name, dtype), name=name, langs=("en", "ja"))
     except OSError as error:
         raise EmonnError(f"could not load '{name}' from the Hugging Face cache (no hub access here?); "
                          f"use an embedded alias ({', '.join(EMBEDDED)}) or --remote for NDIF-hosted models"
                          ) from error
+    finally:
+        hub_log.setLevel(level)

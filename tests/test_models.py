@@ -32,10 +32,12 @@ def test_unknown_names(tmp_path):
         models.load(str(tmp_path))
 
 
-def test_uncached_repo_id_is_one_clear_error(monkeypatch):
+def test_uncached_repo_id_is_one_clear_error(monkeypatch, caplog):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(EmonnError, match="could not load 'nobody-here/no-such-model'"):
         models.load("nobody-here/no-such-model")
+    # no hub retry warnings before the one-line error (where the hub was imported before HF_HUB_OFFLINE was set)
+    assert not [record.getMessage() for record in caplog.records if record.name.startswith("huggingface_hub")]
 
 
 def test_unsupported_architecture():
