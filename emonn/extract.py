@@ -13,7 +13,6 @@ finished unit of prompts goes to a `GenerationCache`. `reread` reads given gener
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import warnings
@@ -25,11 +24,11 @@ import polars as pl
 import torch
 from tqdm.auto import tqdm
 
-from emonn import EmonnError, corpus
+from emonn import EmonnError, readings
 from emonn.models import Model
 from emonn.reducers import REDUCERS, pool, still_generating, weights
-from emonn.runs import ActivationCache, GenerationCache
-from emonn.vectors import EmotionVectors
+from emonn.readings import Readings
+from emonn.runs import ActivationCache, GenerationCache, dtype_name
 
 #: Default first token position of the mean. The literature uses 50 on long stories; ours are 90-200
 #: tokens, and a smaller start keeps more of each story.
@@ -95,20 +94,12 @@ def pool_layers(model: Model, enc: dict, w: torch.Tensor) -> torch.Tensor:
     return torch.stack(pooled, 1)
 
 
-def embedding_envoy(model: Model) -> object:
-    """The envoy of the input embedding (its path differs per architecture: found by identity)."""
-    module = model.lm._module
-    target = module.get_input_embeddings()
-    path = next(name for name, sub in module.named_modules() if sub is target)
-    return functools.reduce(getattr, path.split("."), model.lm)
-
-
 def forward_embedding(model: Model, input_ids: list[list[int]], *, reducer: str = "mean", start: int = START
                       ) -> torch.Tensor:
     """One batch's input embeddings (what block 0 reads), reduced over tokens in the trace: `(batch, d_model)`."""
     enc = model.tokenizer.pad({"input_ids": input_ids}, return_tensors="pt")
     w = weights(enc["attention_mask"], reducer, start)
-    embed = embedding_envoy(model)
+    embed = model.embedding()
     with torch.no_grad(), model.trace(dict(enc)) as tracer:
         pooled = pool(embed.output, w).save()
         tracer.stop()  # nothing after the embedding is read
@@ -171,28 +162,16 @@ def activations(model: Model, texts: list[str], *, reducer: str = "mean", start:
     return np.stack([found[key][layers] for key in keys]).astype(np.float32, copy=False)
 
 
-def emotion_vectors(model: Model, stories: pl.DataFrame, *, neutral: pl.DataFrame | None = None,
-                    start: int = START, layers: list[int] | None = None, cache: ActivationCache | None = None,
-                    variance: float = 0.5, batch_tokens: int = 2048, progress: bool = True
-                    ) -> tuple[EmotionVectors, np.ndarray]:
-    """Comprehension-based emotion vectors from corpus rows (id, emotion, lang, topic, text), with the
-    neutral texts' top PCs projected out when `neutral` is given. Returns the vectors and the stories'
-    activations `(n_stories, n_layers, d)` (for bootstraps, transfer and classification)."""
+def read(model: Model, frame: pl.DataFrame, *, reducer: str = "mean", start: int = START,
+         layers: list[int] | None = None, batch_tokens: int = 2048, cache: ActivationCache | None = None,
+         progress: bool = True) -> Readings:
+    """The texts of `frame` (columns `text` and any of id, emotion, lang, topic) read by `model`: `Readings`
+    with activations `(n, len(layers), d)`, one label row per text, and the provenance."""
     layers = model.check_layers(layers)
-    acts = activations(model, stories["text"].to_list(), start=start, layers=layers, cache=cache,
+    acts = activations(model, frame["text"].to_list(), reducer=reducer, start=start, layers=layers, cache=cache,
                        batch_tokens=batch_tokens, progress=progress)
-    neutral_acts = None
-    if neutral is not None:
-        neutral_acts = activations(model, neutral["text"].to_list(), start=start, layers=layers, cache=cache,
-                                   batch_tokens=batch_tokens, progress=progress)
-    meta = {"model": model.name, "corpus": corpus.digest(stories), "reducer": "mean", "start": start,
-            "langs": sorted(stories["lang"].unique().to_list()), "n_texts": len(stories),
-            "neutral": corpus.digest(neutral) if neutral is not None else None}
-    labels = stories["emotion"].to_list()
-    order = [e for e in corpus.emotion_names() if e in set(labels)]  # the canonical order of emotions.csv
-    vectors = EmotionVectors.fit(acts, labels, layers=layers, emotions=order, neutral=neutral_acts,
-                                 variance=variance, meta=meta)
-    return vectors, acts
+    meta = {"model": model.name, "reducer": reducer, "start": start, "dtype": dtype_name(model.dtype)}
+    return readings.of(acts, frame, layers=layers, n_layers=model.n_layers, meta=meta)
 
 
 # ---------------------------------------------------------------- generation-based extraction
@@ -207,13 +186,6 @@ class Generated:
     texts: list[str]
 
 
-def stop_ids(model: Model) -> list[int]:
-    """The token ids that end a generation: the generation config's EOS ids and the tokenizer's EOS."""
-    eos = getattr(getattr(model.lm._module, "generation_config", None), "eos_token_id", None)
-    ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-    return sorted(ids | ({model.tokenizer.eos_token_id} - {None}))
-
-
 def generate_pooled(model: Model, prompts: list[str], *, max_new_tokens: int, do_sample: bool, temperature: float
                     ) -> tuple[torch.Tensor, list[list[int]]]:
     """One batch: generate up to `max_new_tokens` after each prompt and average every layer over the generated
@@ -225,7 +197,7 @@ def generate_pooled(model: Model, prompts: list[str], *, max_new_tokens: int, do
     Only sums leave the trace: `(batch, n_layers, d)` and `(batch,)`, whatever the length.
     """
     enc = dict(model.tokenizer(list(prompts), return_tensors="pt", padding=True))
-    stop = torch.tensor(stop_ids(model))
+    stop = torch.tensor(model.stop_ids())
     options = dict(max_new_tokens=max_new_tokens + 1, min_new_tokens=1, eos_token_id=stop.tolist(),
                    pad_token_id=model.tokenizer.pad_token_id, **model.route(),
                    **({"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}))
@@ -275,7 +247,7 @@ def generated_activations(model: Model, prompts: list[str], *, max_new_tokens: i
     if max_new_tokens < 1 or batch_size < 1:
         raise EmonnError(f"max_new_tokens ({max_new_tokens}) and batch_size ({batch_size}) must be >= 1")
     layers = model.check_layers(layers)
-    settings = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "seed": seed, "stop": stop_ids(model),
+    settings = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "seed": seed, "stop": model.stop_ids(),
                 **({"temperature": temperature} if do_sample else {})}
     units = [list(prompts[i:i + batch_size]) for i in range(0, len(prompts), batch_size)]
     keys = [hashlib.sha1(json.dumps({**settings, "prompts": unit}).encode()).hexdigest() for unit in units]

@@ -122,6 +122,50 @@ class Model:
     def _at(self, path: str) -> Any:
         return functools.reduce(getattr, path.split("."), self.lm)
 
+    @property
+    def hf(self) -> Any:
+        """The wrapped Hugging Face module (`transformers` model; on NDIF its weights are on the meta device)."""
+        return self.lm._module
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model's weights (what a cache or a report records)."""
+        return next(self.hf.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's first weight (the input embedding's, under a device map)."""
+        return next(self.hf.parameters()).device
+
+    @property
+    def has_chat(self) -> bool:
+        """Whether the tokenizer has a chat template (instruct models)."""
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def chat(self, text: str) -> str:
+        """`text` as one user turn in the model's chat template, ready for the assistant's answer. The one BOS
+        rule: where the tokenizer adds BOS itself, the template's BOS is dropped (it would be doubled)."""
+        if not self.has_chat:
+            raise EmonnError(f"{self.name} has no chat template: use a prompt without one (--no-chat)")
+        rendered = self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                      add_generation_prompt=True)
+        bos = self.tokenizer.bos_token
+        if bos and rendered.startswith(bos) and self.tokenizer("x")["input_ids"][:1] == [self.tokenizer.bos_token_id]:
+            rendered = rendered[len(bos):]
+        return rendered
+
+    def stop_ids(self) -> list[int]:
+        """The token ids that end a generation: the generation config's EOS ids and the tokenizer's EOS."""
+        eos = getattr(getattr(self.hf, "generation_config", None), "eos_token_id", None)
+        ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        return sorted(ids | ({self.tokenizer.eos_token_id} - {None}))
+
+    def embedding(self) -> Any:
+        """The envoy of the input embedding (its path differs per architecture: found by identity)."""
+        target = self.hf.get_input_embeddings()
+        path = next(name for name, sub in self.hf.named_modules() if sub is target)
+        return self._at(path)
+
     def layer(self, index: int) -> Any:
         """The nnsight envoy of decoder block `index` (0-based)."""
         return self._at(self.layers_path)[self.check_layers([index])[0]]

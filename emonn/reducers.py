@@ -1,8 +1,9 @@
-"""Reductions over token positions, computed inside a trace so only `(batch, d_model)` per layer leaves it.
+"""Every function that runs inside an nnsight trace: reductions over token positions and the steering add.
 
-A reducer is a weight matrix `(batch, tokens)` built from the attention mask *outside* the trace; the
-in-trace part is one batched matmul (`pool`), which is all a remote server has to run. Code here that
-runs in a trace imports nothing beyond torch (see NNSIGHT_NOTES: it may be sent to NDIF).
+This is the only emonn module shipped to NDIF (`emonn.remote.register_emonn`), so it imports nothing beyond
+torch and nothing from emonn (see NNSIGHT_NOTES). A reducer is a weight matrix `(batch, tokens)` built from
+the attention mask *outside* the trace; the in-trace part is one batched matmul (`pool`), so only
+`(batch, d_model)` per layer leaves the trace. `add` is the in-trace half of steering (`emonn.steer`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ def hidden(output: torch.Tensor | tuple) -> torch.Tensor:
     """A decoder block's residual-stream output `(batch, tokens, d)`: a tensor in transformers 5, a tuple
     `(hidden, ...)` in some 4.x models."""
     return output[0] if isinstance(output, tuple) else output
+
+
+def add(output: torch.Tensor | tuple, delta: torch.Tensor) -> None:
+    """In-trace, in place: residual `(batch, tokens, d)` += `delta` (broadcast from `(batch, tokens|1, d)`)."""
+    h = hidden(output)
+    h += delta.to(h.device, h.dtype)
 
 
 def pool(output: torch.Tensor | tuple, weights: torch.Tensor) -> torch.Tensor:

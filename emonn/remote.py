@@ -30,12 +30,11 @@ def server_has(module: str) -> bool:
 
 
 def register_emonn() -> None:
-    """Send emonn's in-trace helpers by value: an installed (even editable) emonn is not on the server,
-    and nnsight only auto-registers modules it sees in the working tree."""
-    from emonn import reducers, steer
+    """Send emonn's in-trace code (`emonn.reducers`, nothing else) by value: an installed (even editable)
+    emonn is not on the server, and nnsight only auto-registers modules it sees in the working tree."""
+    from emonn import reducers
 
-    for module in (reducers, steer):
-        nnsight.register(module)
+    nnsight.register(reducers)
 
 
 class _ServerUnpickler(CustomCloudUnpickler):

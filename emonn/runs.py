@@ -34,6 +34,15 @@ def atomic_write(path: Path, data: bytes | str) -> Path:
     return path
 
 
+def write_parquet(path: Path, frame: Any) -> Path:
+    """Write a polars frame as parquet, atomically."""
+    import io
+
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer)
+    return atomic_write(path, buffer.getvalue())
+
+
 @dataclass(frozen=True)
 class ActivationCache:
     """Reduced activations `(n_layers, d)` per text, stored in chunks of `.npz` (keys + array)."""
@@ -69,7 +78,7 @@ def cache_name(reducer: str, start: int, dtype: torch.dtype) -> str:
 
 
 def activation_cache(out: Path, model: Any, reducer: str, start: int) -> ActivationCache:
-    name = cache_name(reducer, start, next(model.lm._module.parameters()).dtype)
+    name = cache_name(reducer, start, model.dtype)
     return ActivationCache(Path(out) / "cache" / model.slug / name)
 
 
@@ -98,7 +107,7 @@ class GenerationCache:
 
 
 def generation_cache(out: Path, model: Any) -> GenerationCache:
-    dtype = dtype_name(next(model.lm._module.parameters()).dtype)
+    dtype = dtype_name(model.dtype)
     return GenerationCache(Path(out) / "cache" / model.slug / f"generated-{dtype}")
 
 

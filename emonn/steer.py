@@ -2,8 +2,8 @@
 
 `alpha` is a fraction of the layer's mean residual norm (measured on the corpus with `mean_norms`), so
 one alpha means the same push at every layer and in every model. Each batch row carries its own vector
-and alpha (a `(batch, d)` delta), so one forward pass serves a whole sweep. `add` is the only code that
-runs inside the trace; it imports nothing beyond torch so it ships to NDIF (see `emonn.remote`).
+and alpha (a `(batch, d)` delta), so one forward pass serves a whole sweep. The in-trace half, `add`,
+lives in `emonn.reducers` (the one module shipped to NDIF); this module is the host-side orchestration.
 """
 
 from __future__ import annotations
@@ -17,13 +17,7 @@ import torch
 
 from emonn import EmonnError
 from emonn.models import Model
-from emonn.reducers import hidden, mean_from
-
-
-def add(output: torch.Tensor | tuple, delta: torch.Tensor) -> None:
-    """In-trace, in place: residual `(batch, tokens, d)` += `delta` (broadcast from `(batch, tokens|1, d)`)."""
-    h = hidden(output)
-    h += delta.to(h.device, h.dtype)
+from emonn.reducers import add, hidden, mean_from
 
 
 def deltas(directions: np.ndarray, alphas: np.ndarray, norm: float) -> torch.Tensor:

@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from emonn import EmonnError
+
+if TYPE_CHECKING:
+    from emonn.readings import Readings
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -55,11 +58,25 @@ class EmotionVectors:
     meta: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, acts: np.ndarray, labels: list[str] | np.ndarray, *, layers: list[int],
-            emotions: list[str] | None = None, neutral: np.ndarray | None = None, variance: float = 0.5,
-            pcs: tuple[np.ndarray, ...] | None = None, meta: dict[str, Any] | None = None) -> EmotionVectors:
+    def fit(cls, readings: Readings, *, neutral: Readings | None = None, emotions: list[str] | None = None,
+            variance: float = 0.5, pcs: tuple[np.ndarray, ...] | None = None) -> EmotionVectors:
+        """Vectors of the emotions of `readings` (default: all present, in the corpus order), with the top PCs
+        of `neutral`'s activations projected out (or `pcs` already found, e.g. `other.pcs`, to refit a
+        bootstrap resample fast). The provenance of `readings` (and of `neutral`) goes into `meta`."""
+        meta = {**readings.meta, "langs": readings.langs, "n_texts": len(readings),
+                "neutral": neutral.corpus if neutral is not None else None}
+        return cls.from_arrays(readings.acts, readings.emotion, layers=list(readings.layers),
+                               emotions=list(readings.emotions if emotions is None else emotions),
+                               neutral=None if neutral is None else neutral.acts, variance=variance, pcs=pcs,
+                               meta=meta)
+
+    @classmethod
+    def from_arrays(cls, acts: np.ndarray, labels: list[str] | np.ndarray, *, layers: list[int],
+                    emotions: list[str] | None = None, neutral: np.ndarray | None = None, variance: float = 0.5,
+                    pcs: tuple[np.ndarray, ...] | None = None, meta: dict[str, Any] | None = None
+                    ) -> EmotionVectors:
         """acts `(n_texts, n_layers, d)` with one emotion label per text; `neutral` `(m, n_layers, d)` (its PCs
-        are projected out), or `pcs` already found (e.g. `other.pcs`, to refit a bootstrap resample fast)."""
+        are projected out), or `pcs` already found."""
         labels = np.asarray(labels)
         if acts.ndim != 3 or len(acts) != len(labels) or acts.shape[1] != len(layers):
             raise EmonnError(f"activations {acts.shape} do not match {len(labels)} labels x {len(layers)} layers")

@@ -5,7 +5,7 @@ import pytest
 import torch
 from nnsight.modeling.processing import positions
 
-from emonn import EmonnError, extract
+from emonn import EmonnError, extract, models
 from emonn.reducers import still_generating
 from emonn.runs import GenerationCache
 from conftest import SENTENCES, crash_after, tiny_model
@@ -50,7 +50,7 @@ STOPS = [2, 5, 9, 12, 20, 30, 33]  # many stop tokens: rows end at different ste
 @pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
 def test_in_trace_reduction_equals_a_plain_hf_forward(arch, monkeypatch):
     model = tiny_model(arch, bos=arch == "gemma3_text")
-    monkeypatch.setattr(extract, "stop_ids", lambda m: STOPS)
+    monkeypatch.setattr(models.Model, "stop_ids", lambda self: STOPS)
     got = extract.generated_activations(model, SENTENCES * 2, max_new_tokens=7, temperature=3.0, batch_size=6,
                                         progress=False)
     lengths = [len(row) for row in got.ids]

@@ -62,11 +62,12 @@ def test_clean_drops_a_title_and_the_unfinished_last_sentence():
 
 
 def test_chat_needs_a_template_and_does_not_double_bos():
-    tokenizer = tiny_tokenizer(bos=True)
+    model = tiny_model(bos=True)
+    tokenizer = model.tokenizer
     with pytest.raises(EmonnError, match="chat template"):
-        gen.chat(tokenizer, "the cat")
+        model.chat("the cat")
     tokenizer.chat_template = TEMPLATE
-    text = gen.chat(tokenizer, "the cat")
+    text = model.chat("the cat")
     assert tokenizer(text)["input_ids"] == [3, tokenizer.convert_tokens_to_ids("the"),
                                             tokenizer.convert_tokens_to_ids("cat")]
 

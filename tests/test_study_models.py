@@ -123,12 +123,12 @@ def test_gram_rdms_equal_the_emotion_vectors_cosines():
     labels = np.repeat(["joy", "fear", "anger", "calm"], 5)
     acts, neutral = rng.normal(size=(20, 3, 16)) + 5, rng.normal(size=(12, 3, 16))
     order = ["joy", "fear", "anger", "calm"]
-    vec = EmotionVectors.fit(acts, labels, layers=[0, 1, 2], emotions=order, neutral=neutral)
+    vec = EmotionVectors.from_arrays(acts, labels, layers=[0, 1, 2], emotions=order, neutral=neutral)
     geo = models_study.geometry(acts, vec, np.linspace(0, 1, 3))
     sort = np.argsort(order)  # class_mean_cosines orders classes as np.unique
     np.testing.assert_allclose(stats.class_mean_cosines(geo.gram["denoised"], labels),
                                vec.cosine()[:, sort][:, :, sort], atol=1e-6)
-    raw = EmotionVectors.fit(acts, labels, layers=[0, 1, 2], emotions=order)
+    raw = EmotionVectors.from_arrays(acts, labels, layers=[0, 1, 2], emotions=order)
     np.testing.assert_allclose(stats.class_mean_cosines(geo.gram["raw"], labels), raw.cosine()[:, sort][:, :, sort],
                                atol=1e-6)
 

@@ -17,7 +17,7 @@ def _synthetic(seed=0, per=10, d=16, layers=2, noise=0.3):
 
 def test_means_and_centering():
     acts, labels = _synthetic()
-    v = EmotionVectors.fit(acts, labels, layers=[3, 7])
+    v = EmotionVectors.from_arrays(acts, labels, layers=[3, 7])
     np.testing.assert_allclose(v.means[0], acts[:10].mean(0), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(v.vectors.sum(0), 0, atol=1e-4)  # centered over emotions
     assert v.emotions == tuple(EMOTIONS) and v.layers == (3, 7)
@@ -36,7 +36,7 @@ def test_neutral_pcs_count_and_projection():
     assert [len(p) for p in neutral_pcs(neutral, 0.5)] == [1]
     assert [len(p) for p in neutral_pcs(neutral, 0.8)] == [2]
     acts, labels = _synthetic(layers=1)
-    v = EmotionVectors.fit(acts, labels, layers=[0], neutral=neutral, variance=0.8)
+    v = EmotionVectors.from_arrays(acts, labels, layers=[0], neutral=neutral, variance=0.8)
     assert v.n_pcs == [2]
     np.testing.assert_allclose(v.vectors[:, 0] @ v.pcs[0].T, 0, atol=1e-4)  # nothing left along them
     with pytest.raises(EmonnError, match="variance fraction"):
@@ -45,7 +45,7 @@ def test_neutral_pcs_count_and_projection():
 
 def test_cosine_and_classification():
     acts, labels = _synthetic(noise=0.2)
-    v = EmotionVectors.fit(acts, labels, layers=[0, 1])
+    v = EmotionVectors.from_arrays(acts, labels, layers=[0, 1])
     cos = v.cosine()
     assert cos.shape == (2, 3, 3)
     np.testing.assert_allclose(np.diagonal(cos, axis1=1, axis2=2), 1, atol=1e-6)
@@ -56,16 +56,16 @@ def test_cosine_and_classification():
 def test_fit_errors():
     acts, labels = _synthetic()
     with pytest.raises(EmonnError, match="do not match"):
-        EmotionVectors.fit(acts[:5], labels, layers=[0, 1])
+        EmotionVectors.from_arrays(acts[:5], labels, layers=[0, 1])
     with pytest.raises(EmonnError, match="no texts for emotion 'calm'"):
-        EmotionVectors.fit(acts, labels, layers=[0, 1], emotions=EMOTIONS + ["calm"])
+        EmotionVectors.from_arrays(acts, labels, layers=[0, 1], emotions=EMOTIONS + ["calm"])
 
 
 @pytest.mark.parametrize("denoise", [False, True])
 def test_save_load_round_trip_is_exact(tmp_path, denoise):
     acts, labels = _synthetic()
     neutral = np.random.default_rng(2).normal(size=(20, 2, 16)) if denoise else None
-    v = EmotionVectors.fit(acts, labels, layers=[3, 7], neutral=neutral, meta={"model": "m", "start": 20})
+    v = EmotionVectors.from_arrays(acts, labels, layers=[3, 7], neutral=neutral, meta={"model": "m", "start": 20})
     w = EmotionVectors.load(v.save(tmp_path / "vectors" / "en"))
     for name in ("vectors", "means", "center"):
         assert np.array_equal(getattr(v, name), getattr(w, name))

@@ -91,22 +91,10 @@ def prompt(cell: Cell, bounds: dict[str, tuple[int, int]]) -> str:
     return PROMPTS[cell.lang].format(topic=topic, emotion=emotion, low=low, high=high)
 
 
-def chat(tokenizer, message: str) -> str:
-    """`message` as a user turn in the model's chat template, ready for the assistant's answer."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise EmonnError("the generator needs an instruct model with a chat template (this tokenizer has none)")
-    text = tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
-                                         add_generation_prompt=True)
-    bos = tokenizer.bos_token
-    if bos and text.startswith(bos) and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]:
-        text = text[len(bos):]  # the tokenizer adds BOS itself; the template's would double it
-    return text
-
-
 def complete(model: Model, messages: list[str], *, max_new_tokens: int, temperature: float, seed: int
              ) -> list[str]:
     """One sampled answer per message (unsteered `steer.generate`, so `--remote` and the strict check route)."""
-    prompts = [chat(model.tokenizer, message) for message in messages]
+    prompts = [model.chat(message) for message in messages]
     return steer.generate(model, prompts, max_new_tokens=max_new_tokens, do_sample=True,
                           temperature=temperature, seed=seed).texts
 
