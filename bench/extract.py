@@ -77,7 +77,7 @@ def main(name: str, n_texts: int, batch_tokens: int, repeats: int, device: str, 
         acts = activations(model, texts, progress=False)
         print(f"{memory_child} {before / 1024:.1f} {(_status_kib('VmHWM') - before) / 1024:.1f} {acts.nbytes / 2**20:.1f}")
         return
-    hf = model.lm._module.to(device)
+    hf = model.hf.to(device)
     torch.set_grad_enabled(False)
     texts = _texts(n_texts)
     ids = model.tokenizer(texts)["input_ids"]

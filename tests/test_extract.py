@@ -33,7 +33,7 @@ def _hf_mean(model, texts, start):
     """The same mean from plain HF `output_hidden_states` (no nnsight)."""
     enc = model.tokenizer(texts, return_tensors="pt", padding=True)
     with torch.no_grad():
-        out = model.lm._module(**enc, position_ids=positions(enc["attention_mask"]), output_hidden_states=True)
+        out = model.hf(**enc, position_ids=positions(enc["attention_mask"]), output_hidden_states=True)
     w = mean_from(enc["attention_mask"], start)
     return torch.stack([torch.bmm(w[:, None], h).squeeze(1) for h in out.hidden_states[1:]], 1).numpy()
 
@@ -128,7 +128,7 @@ def test_embeddings_equal_hf_input_embeddings_and_cache(arch, tmp_path, monkeypa
     model = tiny_model(arch)
     enc = model.tokenizer(SENTENCES, return_tensors="pt", padding=True)
     with torch.no_grad():
-        h = model.lm._module.get_input_embeddings()(enc["input_ids"])  # Gemma's scaled embedding included
+        h = model.hf.get_input_embeddings()(enc["input_ids"])  # Gemma's scaled embedding included
     w = mean_from(enc["attention_mask"], 2)
     expected = (w.unsqueeze(-1) * h).sum(1).numpy()
     cache = ActivationCache(tmp_path / "emb")
