@@ -46,7 +46,8 @@ def test_smoke_two_models(tmp_path, tiny_models, monkeypatch):
     for name in ("anisotropy_by_depth", "separation_vs_baselines"):
         assert (folder / "figures" / f"{name}.png").stat().st_size > 1000
     assert "0.997" in (folder / "report.md").read_text()
-    assert json.loads((folder / "config.json").read_text())["permutations"] == 50
+    config = json.loads((folder / "config.json").read_text())
+    assert config["permutations"] == 50 and config["fdr"] == 0.05 and config["model"] == ["llama", "gemma3_text"]
     assert "Anisotropy" in result.output
     # a rerun reuses the cached activations: no extraction forward pass at all
     monkeypatch.setattr(extract, "forward_pooled", lambda *a, **k: pytest.fail("recomputed cached activations"))
@@ -54,7 +55,7 @@ def test_smoke_two_models(tmp_path, tiny_models, monkeypatch):
 
 
 def test_anisotropy_and_separation_equal_the_statistics(tmp_path, tiny_models):
-    """Raw anisotropy is the neutral texts' mean pairwise cosine; centred subtracts each set's own mean."""
+    """Raw anisotropy is the neutral texts' mean pairwise cosine; centered subtracts each set's own mean."""
     stories, neutral = _files(tmp_path)
     out = tmp_path / "out"
     assert invoke(anisotropy.main, ["--model", "llama", "--langs", "en", "--corpus", str(stories), "--neutral",
@@ -66,7 +67,7 @@ def test_anisotropy_and_separation_equal_the_statistics(tmp_path, tiny_models):
     neutral_acts = extract.activations(model, corpus.load(neutral, neutral=True)["text"].to_list(), cache=cache)
     table = pl.read_parquet(out / "anisotropy" / "tiny-llama" / "results" / "layers.parquet").sort("variant", "layer")
     for variant, x, nx in (("raw", acts, neutral_acts),
-                           ("centred", acts - acts.mean(0), neutral_acts - neutral_acts.mean(0))):
+                           ("centered", acts - acts.mean(0), neutral_acts - neutral_acts.mean(0))):
         part = table.filter(pl.col("variant") == variant)
         np.testing.assert_allclose(part["anisotropy"], stats.mean_pairwise_cosine(nx), rtol=1e-5)
         expected = [stats.between_within_ratio(x[:, layer], frame["emotion"].to_numpy()).difference for layer in range(4)]
@@ -76,6 +77,7 @@ def test_anisotropy_and_separation_equal_the_statistics(tmp_path, tiny_models):
 @pytest.mark.parametrize("args, message", [
     (["--langs", "xx"], "unknown language 'xx'"),
     (["--permutations", "5"], "need at least 10 each"),
+    (["--fdr", "1.5"], "--fdr in (0, 1)"),
     (["--layers", "7"], "layer 7 out of range"),
 ])
 def test_bad_options_end_in_one_line(tmp_path, tiny_models, args, message):

@@ -42,7 +42,9 @@ def test_smoke_two_models_on_one_chart(tmp_path, tiny_models, monkeypatch):
     assert (folder / "figures" / "peak_depth.html").exists()
     report = (folder / "report.md").read_text()
     assert "vertex" in report and "tiny-gemma3_text JA" in report
-    assert json.loads((folder / "config.json").read_text())["bootstrap"] == 30
+    config = json.loads((folder / "config.json").read_text())
+    assert config["bootstrap"] == 30 and config["model"] == ["llama", "gemma3_text"]
+    assert config["corpus_digest"] in report
     assert "Emotion separation peaks" in result.output
     # a rerun reuses the cached activations: no extraction forward pass at all
     monkeypatch.setattr(extract, "forward_pooled", lambda *a, **k: pytest.fail("recomputed cached activations"))
@@ -50,7 +52,7 @@ def test_smoke_two_models_on_one_chart(tmp_path, tiny_models, monkeypatch):
 
 
 def test_scores_equal_the_per_layer_statistics(tmp_path, tiny_models):
-    """The table's estimates are the stats functions applied to the centred activations layer by layer."""
+    """The table's estimates are the stats functions applied to the centered activations layer by layer."""
     from emonn import corpus, runs, stats
 
     path = corpus_slice(tmp_path / "slice.jsonl", emotions=4, per=3, langs=("en",))
@@ -59,11 +61,11 @@ def test_scores_equal_the_per_layer_statistics(tmp_path, tiny_models):
                                       "--out", str(out)]).exit_code == 0
     model = tiny_models["llama"]
     frame = corpus.load(path)
-    acts = extract.activations(model, frame["text"].to_list(), cache=runs.activation_cache(out, model, "mean", 20))
-    centred = acts - acts.mean(0)
+    readings = extract.read(model, frame, cache=runs.activation_cache(out, model, "mean", 20))
+    centered = readings.acts - readings.acts.mean(0)
     table = pl.read_parquet(out / "localization" / "tiny-llama" / "results" / "separation.parquet")
     for layer in range(4):
-        x, labels = centred[:, layer], frame["emotion"].to_numpy()
+        x, labels = centered[:, layer], frame["emotion"].to_numpy()
         row = {r["score"]: r["value"] for r in table.filter(pl.col("layer") == layer).iter_rows(named=True)}
         assert row["silhouette"] == pytest.approx(stats.silhouette(x, labels), abs=1e-5)
         assert row["accuracy"] == pytest.approx(stats.nearest_centroid_accuracy(x, labels, frame["topic"].to_numpy(),
