@@ -77,6 +77,13 @@ def script(char: str) -> str | None:
     return _SCRIPT_NAMES.get(first, first.title())
 
 
+def token_script(token: str) -> str | None:
+    """The script of most of a token's letters (`script` of each; a tie goes to the script seen first), or
+    None for a token without letters (spaces, digits, punctuation, a U+FFFD byte piece)."""
+    scripts = [s for s in map(script, token) if s is not None]
+    return max(dict.fromkeys(scripts), key=scripts.count) if scripts else None
+
+
 def _scripts(lang: str) -> frozenset[str]:
     if lang not in LANG_SCRIPTS:
         raise ValueError(f"no script list for language '{lang}' (known: {', '.join(LANG_SCRIPTS)})")

@@ -22,7 +22,8 @@ def tiny_gemma(monkeypatch):
 def test_smoke_on_tiny_model(tmp_path, tiny_gemma, monkeypatch):
     path = corpus_slice(tmp_path / "slice.jsonl")
     neutral = neutral_slice(tmp_path / "neutral.jsonl")
-    args = ["--corpus", str(path), "--neutral", str(neutral), "--permutations", "200", "--bootstrap", "20", "--out", str(tmp_path / "out")]
+    args = ["--corpus", str(path), "--neutral", str(neutral), "--permutations", "200", "--bootstrap", "20",
+            "--out", str(tmp_path / "out")]
     result = invoke(crosslingual.main, args)
     assert result.exit_code == 0, result.output
     folder = tmp_path / "out" / "crosslingual" / "tiny-gemma3_text"
@@ -31,8 +32,14 @@ def test_smoke_on_tiny_model(tmp_path, tiny_gemma, monkeypatch):
     assert set(pl.read_parquet(folder / "results" / "emotion_cosine.parquet")["variant"]) == {"raw", "centered",
                                                                                              "denoised"}
     assert (folder / "figures" / "rsa_by_depth.png").stat().st_size > 1000
-    assert "RSA" in (folder / "report.md").read_text()
-    assert json.loads((folder / "config.json").read_text())["permutations"] == 200
+    config = json.loads((folder / "config.json").read_text())
+    assert config["permutations"] == 200 and config["denoise"] is True
+    assert config["model"] == [models.MULTILINGUAL_MODEL]
+    report = (folder / "report.md").read_text()
+    assert "**RSA** (Spearman" in report and "## Logit lens (layer" in report
+    assert "script mismatch with the language: EN" in report
+    lens = pl.read_parquet(folder / "results" / "logit_lens.parquet")
+    assert lens.height == 2 * 6 * 20 and lens["mismatch"].dtype == pl.Boolean
     vectors = EmotionVectors.load(folder / "vectors" / "ja")
     assert vectors.vectors.shape == (6, 4, 32) and vectors.meta["langs"] == ["ja"]
     # a rerun reuses the cached activations: no extraction forward pass at all
@@ -40,10 +47,22 @@ def test_smoke_on_tiny_model(tmp_path, tiny_gemma, monkeypatch):
     assert invoke(crosslingual.main, args).exit_code == 0
 
 
+def test_without_denoising(tmp_path, tiny_gemma):
+    path = corpus_slice(tmp_path / "slice.jsonl")
+    result = invoke(crosslingual.main, ["--corpus", str(path), "--no-denoise", "--layers", "0-1", "--pca-layer", "1",
+                                        "--permutations", "10", "--bootstrap", "2", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "crosslingual" / "tiny-gemma3_text"
+    assert set(pl.read_parquet(folder / "results" / "emotion_cosine.parquet")["variant"]) == {"raw", "centered"}
+    assert "vectors centered;" in (folder / "report.md").read_text()
+    assert EmotionVectors.load(folder / "vectors" / "en").pcs == ()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--langs", "en"], "--langs needs two different languages"),
     (["--langs", "en,fr"], "unknown language 'fr'"),
     (["--layers", "99"], "layer 99 out of range"),
+    (["--layers", "0-1", "--pca-layer", "3"], "--pca-layer 3 is not among the analysed --layers"),
 ])
 def test_bad_options_end_in_one_line(tmp_path, tiny_gemma, args, message):
     path = corpus_slice(tmp_path / "slice.jsonl")
@@ -55,8 +74,3 @@ def test_corpus_without_the_language(tmp_path, tiny_gemma):
     path = corpus_slice(tmp_path / "en_only.jsonl", langs=("en",))
     result = invoke(crosslingual.main, ["--corpus", str(path), "--out", str(tmp_path)])
     assert result.exit_code == 1 and "lang 'ja' not in corpus" in result.output
-
-
-def test_script_of_tokens():
-    assert [crosslingual.script(t) for t in (" joy", "かな", "カナ", "漢字", "한글", "42!")] == [
-        "latin", "kana", "kana", "han", "hangul", "other"]

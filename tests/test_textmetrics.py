@@ -52,6 +52,14 @@ def test_script_of_characters(char, script):
     assert tm.script(char) == script
 
 
+@pytest.mark.parametrize("token, script", [
+    (" joy", "Latin"), ("かな", "Hiragana"), ("カナ", "Katakana"), ("漢字", "Han"), ("한글", "Hangul"),
+    ("42!", None), (" нет", "Cyrillic"), ("大きさ", "Hiragana"), ("東京は", "Han"), ("aб", "Latin"),
+    ("\ufffd", None), ("", None)])
+def test_script_of_tokens(token, script):
+    assert tm.token_script(token) == script  # the script of most letters; a tie goes to the first seen
+
+
 def test_foreign_letters_and_tokens():
     assert tm.foreign_letters("Hello 世界!", "en") == (2, 7)
     assert tm.foreign_letters("東京はTokyo", "ja") == (5, 8)
