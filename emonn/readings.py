@@ -154,7 +154,8 @@ def of(acts: np.ndarray, frame: pl.DataFrame, *, layers: list[int], n_layers: in
        meta: dict[str, Any] | None = None) -> Readings:
     """`Readings` from activations `(n, len(layers), d)` and a frame with (some of) the `LABELS` columns
     (missing ones are null); `n_layers` of the model gives the depths (default: the highest layer + 1)."""
-    rows = frame.select([pl.col(c) if c in frame.columns else pl.lit(None, pl.String).alias(c) for c in LABELS])
+    rows = frame.with_columns(pl.lit(None, pl.String).alias(c) for c in LABELS if c not in frame.columns
+                              ).select(LABELS)  # (with_columns: a frame of literals alone would have one row)
     total = (max(layers) + 1) if n_layers is None else n_layers
     depth = np.array([layer / max(total - 1, 1) for layer in layers])
     meta = {"corpus": corpus.digest(frame) if "text" in frame.columns and "id" in frame.columns else "",

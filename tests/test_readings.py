@@ -72,3 +72,9 @@ def test_shape_mismatch_is_an_error():
     r = make()
     with pytest.raises(EmonnError, match="do not match"):
         readings.Readings(r.acts[:3], r.rows, r.layers, r.depth)
+
+
+def test_a_frame_without_labels_gets_null_labels_per_row():
+    frame = pl.DataFrame({"text": ["a", "b", "c"]})
+    r = readings.of(np.zeros((3, 1, 2), np.float32), frame, layers=[0])
+    assert r.rows.height == 3 and r.rows["emotion"].null_count() == 3 and r.rows.columns == list(readings.LABELS)
