@@ -65,7 +65,7 @@ def main(run: study.Run, bootstrap: int) -> None:
 
             # centered interval: repeated stories make centroids noisier, which lowers accuracy and silhouette in
             # every replicate, a shift that real samples (no repeats) lack; percentile intervals would miss the estimate
-            boot = stats.bootstrap_ci(scores, labels, n_boot=bootstrap, seed=run.seed, vectorized=True, method="centred")
+            boot = stats.bootstrap_ci(scores, labels, n_boot=bootstrap, seed=run.seed, vectorized=True, method="centered")
             series = f"{model.name} {lang.upper()}"
             for s, score in enumerate(NAMES):
                 rows += [{"model": model.name, "lang": lang, "series": series, "score": score, "layer": layer,

@@ -252,7 +252,7 @@ def test_load_shipped_stories_and_neutral_texts():
 @shipped
 @pytest.mark.real
 def test_stories_carry_emotion_signal_across_topics(smollm2):
-    """Leave-one-topic-out: centred emotion centroids from the other topics classify a topic's stories far
+    """Leave-one-topic-out: centered emotion centroids from the other topics classify a topic's stories far
     above chance (1/30) at SmolLM2's best layer (bench/corpus_signal.py reports every layer)."""
     stories = corpus.load(langs=["en"])
     acts = extract.activations(smollm2, stories["text"].to_list(), progress=False)

@@ -257,8 +257,8 @@ def test_transfer_accuracy_centering_changes_hand_case():
     train = np.array([[1, 0], [3, 0], [2, 1], [2, 3.0]])  # centroids A=(2,0), B=(2,2)
     train_labels = np.array(["A", "A", "B", "B"])
     test = np.array([[3, 1.2], [3, 0.8]])
-    # uncentred: (3, 1.2) cos A = 0.928 > cos B = 0.919, (3, 0.8) cos A = 0.966 > cos B = 0.865;
-    # centred (mean of centroids (2, 1)): A' = (0, -1), B' = (0, 1); points (1, 0.2) -> B, (1, -0.2) -> A
+    # uncentered: (3, 1.2) cos A = 0.928 > cos B = 0.919, (3, 0.8) cos A = 0.966 > cos B = 0.865;
+    # centered (mean of centroids (2, 1)): A' = (0, -1), B' = (0, 1); points (1, 0.2) -> B, (1, -0.2) -> A
     assert S.transfer_accuracy(train, train_labels, test, np.array(["A", "A"]), center=False) == 1.0
     assert S.transfer_accuracy(train, train_labels, test, np.array(["B", "A"]), center=True) == 1.0
     with pytest.raises(ValueError, match="dims"):
@@ -315,8 +315,8 @@ def test_procrustes_statistic_matches_full_dimensional_reference():
 
 
 def test_procrustes_does_not_leak_through_centering():
-    """Rows centred over all items sum to zero: x_i = -(sum of the others). Without per-fold centring a
-    map fitted on the others would retrieve every y_i of an UNRELATED centred y."""
+    """Rows centered over all items sum to zero: x_i = -(sum of the others). Without per-fold centring a
+    map fitted on the others would retrieve every y_i of an UNRELATED centered y."""
     rng = np.random.default_rng(17)
     x, y = _low_rank(rng, n=30, d=64), _low_rank(rng, n=30, d=64)
     x, y = x - x.mean(0), y - y.mean(0)
@@ -782,11 +782,11 @@ def test_paired_permutation_test_matches_exact_enumeration():
         S.paired_permutation_test(lambda xs, ys: xs.sum(1), x, y[:5])
 
 
-def test_bootstrap_centred_interval_is_the_percentile_one_moved_by_the_mean_shift():
+def test_bootstrap_centered_interval_is_the_percentile_one_moved_by_the_mean_shift():
     rng = np.random.default_rng(36)
     x, labels = rng.exponential(size=60), np.zeros(60)
     pct = S.bootstrap_ci(lambda idx: x[idx].max(), labels, n_boot=300, seed=2)
-    centred = S.bootstrap_ci(lambda idx: x[idx].max(), labels, n_boot=300, seed=2, method="centred")
+    centered = S.bootstrap_ci(lambda idx: x[idx].max(), labels, n_boot=300, seed=2, method="centered")
     shift = pct.samples.mean() - pct.estimate  # < 0: the max of a resample is at most the max
-    assert shift < 0 and np.isclose(centred.low, pct.low - shift) and np.isclose(centred.high, pct.high - shift)
-    assert centred.low < centred.estimate < centred.high and not pct.low < pct.estimate < pct.high
+    assert shift < 0 and np.isclose(centered.low, pct.low - shift) and np.isclose(centered.high, pct.high - shift)
+    assert centered.low < centered.estimate < centered.high and not pct.low < pct.estimate < pct.high
