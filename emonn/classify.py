@@ -12,15 +12,20 @@ gives Japanese near-zero similarity to everything).
 
 Any Hugging Face text-classification model (repo id in the local cache, or a folder) can be used
 instead: its labels are matched to corpus emotion names (`joy` -> `joyful`, ...).
+
+Judging generations (steered and unsteered): `measure` gives a text's model-free metrics, `judge` adds the
+classifier's emotion scores, each score's rise over the unsteered (baseline) text of the same group and the
+regime (`textmetrics.regime`); `regime_shares` and `leakage` summarise the judged rows per cell.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import polars as pl
@@ -28,6 +33,7 @@ from scipy.special import softmax
 import torch
 
 from emonn import EmonnError
+from emonn import textmetrics as tm
 
 DEFAULT = "minilm-centroids"
 #: Common emotion-classifier labels -> corpus emotion names (labels already equal to a name need none).
@@ -102,6 +108,20 @@ class Classifier:
 
     def scores(self, texts: list[str]) -> np.ndarray:
         return self.score_fn(list(texts)) if texts else np.zeros((0, len(self.labels)))
+
+    def require(self, emotions: list[str]) -> None:
+        """Fail with an `EmonnError` naming the first of `emotions` this classifier has no label for."""
+        absent = [e for e in emotions if e not in self.labels]
+        if absent:
+            raise EmonnError(f"classifier {self.name} has no label for '{absent[0]}' "
+                             f"(labels: {', '.join(self.labels)}); choose --emotions it knows")
+
+    def columns(self, texts: list[str], emotions: list[str]) -> dict[str, np.ndarray]:
+        """The score of each of `emotions` for each text, as frame columns: `{"p_<emotion>": (len(texts),)}`,
+        in the order of `emotions` (all must be labels: see `require`)."""
+        self.require(emotions)
+        scores = self.scores(texts)
+        return {f"p_{e}": scores[:, self.labels.index(e)] for e in emotions}
 
 
 def centroid_classifier(stories: pl.DataFrame, *, encoder: Encoder = embed, template: str | None = TEMPLATE
@@ -182,3 +202,62 @@ def hf_classifier(source: str, stories: pl.DataFrame, *, batch_size: int = 32) -
 def load(spec: str, stories: pl.DataFrame) -> Classifier:
     """`minilm-centroids` (fitted on `stories`) or a Hugging Face text-classification model id/folder."""
     return centroid_classifier(stories) if spec == DEFAULT else hf_classifier(spec, stories)
+
+
+# ---------------------------------------------------------------- judging generations
+def measure(text: str, ids: list[int], decode: Callable[[list[int]], str], lang: str) -> dict[str, Any]:
+    """The model-free metrics of one generated text that `judge` and `leakage` read: n_units, distinct1,
+    distinct2, repeat, compression, foreign_letters, letters, foreign_tokens, lettered_tokens (see
+    `textmetrics`). `ids`: its tokens; `decode(ids) -> str` splits them into pieces; `lang`: the prompt's."""
+    foreign_letters, letters = tm.foreign_letters(text, lang)
+    foreign_tokens, lettered = tm.foreign_tokens(tm.token_pieces(ids, decode), lang)
+    return {"n_units": len(tm.units(text)), "distinct1": tm.distinct(text, 1), "distinct2": tm.distinct(text, 2),
+            "repeat": tm.longest_repeat(text), "compression": tm.compression_ratio(text),
+            "foreign_letters": foreign_letters, "letters": letters, "foreign_tokens": foreign_tokens,
+            "lettered_tokens": lettered}
+
+
+def judge(frame: pl.DataFrame, classifier: Classifier, emotions: list[str], thresholds: tm.Thresholds, *,
+          by: tuple[str, ...] = ("decoding", "prompt_id")) -> pl.DataFrame:
+    """Judge generations: one row per text with `text`, `condition` ("baseline" for the one unsteered row of
+    each `by` group), `vector` (the emotion steered towards, or anything else), `ppl` and the columns of
+    `measure`. Adds `p_<emotion>` (the classifier's scores), `base_ppl` and `ppl_ratio` (to the group's
+    baseline text), `shift` (the steered emotion's score minus the baseline text's; null where `vector` is
+    not one of `emotions`) and `regime`."""
+    frame = frame.with_columns(**classifier.columns(frame["text"].to_list(), emotions))
+    base = frame.filter(pl.col("condition") == "baseline").select(
+        *by, base_ppl=pl.col("ppl"), **{f"base_{e}": pl.col(f"p_{e}") for e in emotions})
+    frame = frame.join(base, on=list(by)).with_columns(ppl_ratio=pl.col("ppl") / pl.col("base_ppl"))
+    shift = pl.lit(None, pl.Float64)
+    for e in emotions:
+        shift = pl.when(pl.col("vector") == e).then(pl.col(f"p_{e}") - pl.col(f"base_{e}")).otherwise(shift)
+    frame = frame.with_columns(shift=shift).drop([f"base_{e}" for e in emotions])
+    regimes = [tm.regime(n_units=r["n_units"], distinct2=r["distinct2"], repeat=r["repeat"],
+                         compression=r["compression"], ppl_ratio=r["ppl_ratio"],
+                         foreign=tm.share(r["foreign_letters"], r["letters"]),
+                         shift=math.nan if r["shift"] is None else r["shift"], thresholds=thresholds)
+               for r in frame.iter_rows(named=True)]
+    return frame.with_columns(regime=pl.Series(regimes, dtype=pl.String))
+
+
+def regime_shares(frame: pl.DataFrame, by: list[str]) -> pl.DataFrame:
+    """Per `by` cell of judged rows: the share of each regime (one column per `textmetrics.REGIMES`), the
+    number of rows `n`, the `dominant` regime (the first of the most frequent) and a tile `label`
+    ("S 40%\\nI 60%\\n..." in the order of REGIMES), sorted by `by`."""
+    shares = (frame.group_by(*by).agg(*[(pl.col("regime") == name).mean().alias(name) for name in tm.REGIMES],
+                                      n=pl.len()).sort(*by))
+    return shares.with_columns(
+        dominant=pl.concat_list(tm.REGIMES).list.arg_max().replace_strict(list(range(len(tm.REGIMES))), tm.REGIMES),
+        label=pl.concat_str([pl.format(f"{name[0].upper()} {{}}%", (pl.col(name) * 100).round().cast(pl.Int64))
+                             for name in tm.REGIMES], separator="\n"))
+
+
+def leakage(frame: pl.DataFrame, by: list[str]) -> pl.DataFrame:
+    """Per `by` cell of measured rows: generations, lettered tokens, and the pooled shares of lettered
+    tokens and of letters in a script foreign to the prompt's language; `with_foreign`: generations with
+    any foreign letter. Sorted by `by`."""
+    return frame.group_by(*by).agg(
+        generations=pl.len(), lettered_tokens=pl.col("lettered_tokens").sum(),
+        foreign_token_share=pl.col("foreign_tokens").sum() / pl.col("lettered_tokens").sum(),
+        foreign_letter_share=pl.col("foreign_letters").sum() / pl.col("letters").sum(),
+        with_foreign=(pl.col("foreign_letters") > 0).sum()).sort(*by)

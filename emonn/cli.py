@@ -25,5 +25,25 @@ def main() -> None:
     """Find, measure and steer emotion representations in language models."""
 
 
+from emonn.probe import command as _probe  # noqa: E402 - the command lives beside its code (torch loads lazily)
+
+main.add_command(_probe)
+
+from emonn.share import vectors as _vectors  # noqa: E402 - `emonn vectors build|export|push|pull`, beside its code
+
+main.add_command(_vectors)
+
+
+@main.command("report")
+@click.argument("out", default="outputs", type=click.Path(file_okay=False))
+def report(out: str) -> None:
+    """Write OUT/index.html (default outputs/): every study x model folder, its headline, figure
+    thumbnails and the report rendered to HTML. Opens from disk, no network."""
+    from emonn import index
+
+    path = index.build_index(out)
+    click.echo(f"{len(index.run_folders(out))} runs indexed: {path.resolve().as_uri()}")
+
+
 if __name__ == "__main__":
     main()

@@ -2,11 +2,13 @@
 
 Every study gets a `Model`: the nnsight wrapper plus the few facts the studies need (layer count,
 width, a folder-safe slug) and one `trace`/`generate` entry point that routes a run locally, to NDIF
-(`remote=True`) or through the offline remote check (`remote="check"`, see `emonn.remote`).
+(`remote=True`) or through the offline remote check (`remote="check"`, see `emonn.remote`). `random_init`
+builds the architecture baseline: the same model with fresh random weights.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -234,6 +236,50 @@ def wrap(hf_model: Any, tokenizer: Any, *, name: str, langs: tuple[str, ...] = (
     from nnsight.modeling.transformers import TransformersModel
 
     return _describe(TransformersModel(hf_model, tokenizer=tokenizer), name=name, langs=langs)
+
+
+def random_init(model: Model, seed: int, *, dtype: torch.dtype | None = None, initialise: bool = True) -> Model:
+    """The architecture baseline: a local `Model` built from `model`'s config with its weights drawn afresh
+    (after `torch.manual_seed(seed)`), in `dtype` (default: the model's), sharing its tokenizer object and
+    languages. Its slug `<slug>-random-init-seed<seed>` names its own activation cache. `initialise=False`
+    leaves the weights undrawn (fast): only for a twin whose activations are all cached already."""
+    from transformers import AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+
+    if model.remote:
+        raise EmonnError(f"no random-init twin of the NDIF-hosted {model.name}: NDIF serves only the trained weights")
+    torch.manual_seed(seed)
+    with contextlib.nullcontext() if initialise else no_init_weights():
+        hf_model = AutoModelForCausalLM.from_config(model.hf.config, dtype=dtype or model.dtype)
+    twin = wrap(hf_model.eval(), model.tokenizer, name=f"{model.name}-random-init-seed{seed}", langs=model.langs)
+    return dataclasses.replace(twin, slug=f"{model.slug}-random-init-seed{seed}")
+
+
+def fast_dtype(model: Model) -> torch.dtype:
+    """bfloat16 where the model's device multiplies it at least twice as fast as the model's own dtype (CPUs
+    with AMX or AVX512-BF16, GPUs), else the model's dtype: what a random-init twin needs no more than."""
+    faster = model.dtype == torch.bfloat16 or bfloat16_faster(model.device.type, model.dtype)
+    return torch.bfloat16 if faster else model.dtype
+
+
+@functools.cache
+def bfloat16_faster(device: str, dtype: torch.dtype) -> bool:
+    """Whether `device` multiplies bfloat16 at least twice as fast as `dtype`: a (512, 1024) x (1024, 4096)
+    product, best of 5 after a warm-up. A property of the machine: measured once per process, so every
+    model's twin in a run gets the same answer."""
+
+    def seconds(kind: torch.dtype) -> float:
+        x, w = (torch.randn(shape, dtype=kind, device=device) for shape in ((512, 1024), (1024, 4096)))
+        times = []
+        for _ in range(6):
+            began = time.perf_counter()
+            x @ w
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - began)
+        return min(times[1:])
+
+    return 2 * seconds(torch.bfloat16) < seconds(dtype)
 
 
 def _describe(lm: Any, *, name: str, langs: tuple[str, ...], remote: bool = False) -> Model:

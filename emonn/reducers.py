@@ -56,6 +56,22 @@ def still_generating(alive: torch.Tensor, input_ids: torch.Tensor, stop_ids: tor
     return alive.to(token.device) * ~torch.isin(token, stop_ids.to(token.device))
 
 
+def token_cosines(output: torch.Tensor | tuple, center: torch.Tensor, pcs: torch.Tensor, units: torch.Tensor
+                  ) -> torch.Tensor:
+    """Cosine of every token's residual stream with each emotion vector, in float32 (`emonn.probe`):
+    `(batch, tokens, d)` minus `center` `(d,)`, the neutral directions `pcs` `(n_pcs, d)` (orthonormal rows;
+    `(0, d)`: none) projected out, normalised, times the unit vectors `units` `(n_emotions, d)` ->
+    `(batch, tokens, n_emotions)`: `EmotionVectors.scores` per token. Autocast is off, so a server that runs
+    traces under bfloat16 autocast still computes (and returns) float32."""
+    h = hidden(output)
+    with torch.autocast(h.device.type, enabled=False):
+        x = h.float() - center.to(h.device, torch.float32)
+        p = pcs.to(h.device, torch.float32)
+        x = x - (x @ p.T) @ p
+        x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return x @ units.to(h.device, torch.float32).T
+
+
 REDUCERS = ("mean", "last")
 
 

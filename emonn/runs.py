@@ -77,8 +77,12 @@ def cache_name(reducer: str, start: int, dtype: torch.dtype) -> str:
     return f"{reducer}-k{start}-{dtype_name(dtype)}" if reducer == "mean" else f"{reducer}-{dtype_name(dtype)}"
 
 
-def activation_cache(out: Path, model: Any, reducer: str, start: int) -> ActivationCache:
-    name = cache_name(reducer, start, model.dtype)
+def activation_cache(out: Path, model: Any, reducer: str, start: int, *, embedding: bool = False
+                     ) -> ActivationCache:
+    """`model`'s activations under `out/cache/<model slug>/` (e.g. `mean-k20-float32`); `embedding=True`: its
+    input embeddings reduced the same way, beside them (`embedding-mean-k20-float32`). A random-init twin
+    (`models.random_init`) has a slug, hence a cache, of its own."""
+    name = ("embedding-" if embedding else "") + cache_name(reducer, start, model.dtype)
     return ActivationCache(Path(out) / "cache" / model.slug / name)
 
 

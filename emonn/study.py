@@ -204,9 +204,12 @@ class Run:
         return model.check_layers(runs.parse_layers(self.options["layers"]) or default)
 
     # ---------------------------------------------------------------- reading (cached per text)
-    def cache(self, model: models.Model, reducer: str = "mean", start: int | None = None) -> runs.ActivationCache:
-        """The activation cache every study shares for `model` read with `reducer` from token `start`."""
-        return runs.activation_cache(self.out, model, reducer, self.start if start is None else start)
+    def cache(self, model: models.Model, reducer: str = "mean", start: int | None = None, *,
+              suffix: str = "") -> runs.ActivationCache:
+        """The activation cache every study shares for `model` read with `reducer` from token `start`;
+        `suffix` names a variant of the arithmetic in the folder (e.g. `-q8act`: `mean-k20-float32-q8act`)."""
+        cache = runs.activation_cache(self.out, model, reducer, self.start if start is None else start)
+        return runs.ActivationCache(cache.folder.with_name(cache.folder.name + suffix)) if suffix else cache
 
     def generation_cache(self, model: models.Model) -> runs.GenerationCache:
         return runs.generation_cache(self.out, model)
@@ -226,6 +229,19 @@ class Run:
         readings = self.read(model, self.stories(lang, emotions=emotions), layers=layers)
         neutral = self.read(model, self.neutral(lang), layers=layers) if denoise else None
         return EmotionVectors.fit(readings, neutral=neutral), readings
+
+    def embeddings(self, model: models.Model, frame: pl.DataFrame, *, reducer: str = "mean",
+                   start: int | None = None) -> Readings:
+        """The input embeddings of `frame`'s texts reduced over the tokens `read` averages (what the tokens
+        alone carry: a lexical baseline), cached beside the activations (`embedding-mean-k20-float32`):
+        `Readings` with acts `(n, 1, d)` at one pseudo-layer 0 (depth 0)."""
+        from emonn import readings
+
+        start = self.start if start is None else start
+        acts = extract.embeddings(model, frame["text"].to_list(), reducer=reducer, start=start,
+                                  cache=runs.activation_cache(self.out, model, reducer, start, embedding=True))
+        meta = {"model": model.name, "reducer": reducer, "start": start, "dtype": runs.dtype_name(model.dtype)}
+        return readings.of(acts[:, None], frame, layers=[0], n_layers=1, meta={**meta, "input": "embedding"})
 
     def unit(self, key: Any, compute: Callable[[], pl.DataFrame], *, name: str = "unit") -> pl.DataFrame:
         """A cached unit of work: `compute()` once per `key` (anything JSON can write), stored in
@@ -255,8 +271,11 @@ class Run:
         return runs.Run(self.folder).figure(name, chart)
 
     def save_vectors(self, name: str, vectors: EmotionVectors) -> Path:
-        """Save `vectors` as `vectors/<name>.safetensors|json`."""
-        return vectors.save(self.folder / "vectors" / name)
+        """Save `vectors` as `emonn vectors build` does (`share.save`): the folder `vectors/<name>/` with
+        `vectors.safetensors|json` and a model card; `EmotionVectors.load(that folder)` reads them."""
+        from emonn import share
+
+        return share.save(vectors, self.folder / "vectors" / name)
 
     def write(self, name: str, text: str) -> Path:
         return runs.atomic_write(self.folder / name, text)

@@ -147,9 +147,12 @@ class EmotionVectors:
 
     @classmethod
     def load(cls, path: Path | str) -> EmotionVectors:
+        """Vectors saved by `save(path)`, or a vectors folder (`emonn.share.save`: `<folder>/vectors.*`)."""
         from safetensors.numpy import load_file
 
         path = Path(path)
+        if path.is_dir():
+            path = path / "vectors"
         if not path.with_suffix(".json").exists():
             raise EmonnError(f"no saved EmotionVectors at {path} (expected {path.with_suffix('.json').name})")
         info = json.loads(path.with_suffix(".json").read_text())

@@ -44,3 +44,15 @@ def assert_one_line_error(result, message: str) -> None:
     """The study stopped with exit code 1 and one line of output that contains `message`."""
     assert result.exit_code == 1, result.output
     assert message in result.output and result.output.count("\n") == 1, result.output
+
+
+def run_example(tmp_path: Path, monkeypatch, model):
+    """Run studies/example.py on `model` (in place of every model it loads) over an English corpus slice, writing
+    `tmp_path/out/example/<model slug>/`; return the corpus slice's path."""
+    from emonn import models
+
+    monkeypatch.setattr(models, "load", lambda name, remote=False, **kw: model)
+    path = corpus_slice(tmp_path / "slice.jsonl", langs=("en",))
+    result = invoke(study("example").main, ["--corpus", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    return path

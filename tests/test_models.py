@@ -1,7 +1,10 @@
+import dataclasses
+from pathlib import Path
+
 import pytest
 import torch
 
-from emonn import EmonnError, models
+from emonn import EmonnError, models, runs
 from conftest import ARCHS, SENTENCES, tiny_model
 
 
@@ -74,6 +77,49 @@ def test_slugify():
 def test_model_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("EMONN_CACHE", str(tmp_path))
     assert models.cache_dir() == tmp_path
+
+
+def test_random_init_twin_has_the_architecture_and_tokenizer():
+    model = dataclasses.replace(tiny_model("qwen2", byte_level=True), langs=("en", "ja"))
+    twin = models.random_init(model, seed=1)
+    assert twin.tokenizer is model.tokenizer and twin.langs == model.langs and twin.remote is False
+    assert type(twin.hf) is type(model.hf) and twin.hf.config.to_dict() == model.hf.config.to_dict()
+    mine, theirs = dict(model.hf.named_parameters()), dict(twin.hf.named_parameters())
+    assert {k: (v.shape, v.dtype) for k, v in mine.items()} == {k: (v.shape, v.dtype) for k, v in theirs.items()}
+    assert not any(torch.equal(mine[k], theirs[k]) for k in mine if mine[k].std() > 0)  # fresh weights
+    again = models.random_init(model, seed=1).hf.state_dict()
+    assert all(torch.equal(v, again[k]) for k, v in twin.hf.state_dict().items())  # seeded
+    # conftest's tiny models are themselves seed-0 draws of their config: the seed-0 twin is the model
+    same = models.random_init(model, seed=0).hf.state_dict()
+    assert all(torch.equal(v, same[k]) for k, v in model.hf.state_dict().items())
+
+
+def test_random_init_twin_names_its_own_cache():
+    model = dataclasses.replace(tiny_model("llama"), name="org/tiny", slug="org--tiny")
+    twin = models.random_init(model, seed=3, dtype=torch.bfloat16, initialise=False)  # undrawn: only its names
+    assert (twin.name, twin.slug, twin.dtype) == ("org/tiny-random-init-seed3", "org--tiny-random-init-seed3",
+                                                  torch.bfloat16)
+    # the folder the models study has always used: outputs/cache/<slug>-random-init-seed<seed>/mean-k<start>-<dtype>
+    assert runs.activation_cache(Path("out"), twin, "mean", 20).folder == Path(
+        "out/cache/org--tiny-random-init-seed3/mean-k20-bfloat16")
+    assert runs.activation_cache(Path("out"), model, "mean", 20, embedding=True).folder == Path(
+        "out/cache/org--tiny/embedding-mean-k20-float32")
+    with pytest.raises(EmonnError, match="no random-init twin of the NDIF-hosted"):
+        models.random_init(model.with_remote(True), seed=0)
+
+
+def test_random_init_twin_in_bfloat16_keeps_the_architecture_and_the_probe_runs_once():
+    # the models study's default twin dtype on machines that multiply bfloat16 at least twice as fast
+    model = tiny_model("qwen2", byte_level=True)
+    half = models.random_init(model, seed=1, dtype=torch.bfloat16)
+    assert {k: v.shape for k, v in half.hf.named_parameters()} == {k: v.shape for k, v in model.hf.named_parameters()}
+    assert {v.dtype for v in half.hf.parameters()} == {torch.bfloat16} and half.dtype == torch.bfloat16
+    assert half.hf.config.to_dict() | {"dtype": None} == model.hf.config.to_dict() | {"dtype": None}
+    assert models.fast_dtype(half) == torch.bfloat16
+    assert models.fast_dtype(model) in (torch.float32, torch.bfloat16)
+    measured = models.bfloat16_faster.cache_info().misses
+    assert models.fast_dtype(tiny_model("llama")) == models.fast_dtype(model)  # one probe per process
+    assert models.bfloat16_faster.cache_info().misses == measured
 
 
 @pytest.mark.real

@@ -1,6 +1,7 @@
 """Steering invariances: alpha=0 is no steering; nnsight's edit equals a plain torch forward hook doing the
 same addition (tokens and logits); per-row alphas in one batch equal one row at a time; the offline remote
-check generates what a local run does. Each on tiny random models (fast) and on the embedded SmolLM2
+check generates what a local run does; many prompts x conditions with a shared prefix cache equal full
+prompts and one prompt at a time. Each on tiny random models (fast) and on the embedded SmolLM2
 (marked real)."""
 
 import functools
@@ -136,6 +137,49 @@ def check_remote_equals_local(model, prompts, layer):
     assert torch.equal(*sampled)
 
 
+def prompts_sharing_a_head(model, head, words, tail):
+    """Prompts `head + word + tail` as token ids, steering marks on the words (and on the head's second token,
+    so the shared prefix is steered too)."""
+    tok = model.tokenizer
+    head_ids = tok(head)["input_ids"]
+    tail_ids = tok(tail, add_special_tokens=False)["input_ids"]
+    prompts, marks = [], []
+    for word in words:
+        own = tok(word, add_special_tokens=False)["input_ids"]
+        prompts.append(head_ids + own + tail_ids)
+        marks.append([i == 1 for i in range(len(head_ids))] + [True] * len(own) + [False] * len(tail_ids))
+    return prompts, marks
+
+
+def check_per_condition(model, prompts, marks, layer, *, atol, shares=True):
+    """Shared prefix (where the model allows one: `shares`) == full prompts == one prompt at a time (several
+    forward passes of sorted prompts), steering on the marked tokens or on all; the baseline row equals a
+    plain forward."""
+    assert steer.can_share_prefix(model, max(len(p) for p in prompts)) == shares
+    torch.manual_seed(0)
+    norm = steer.mean_norms(model, TINY_PROMPTS, [layer])[layer]
+    deltas = torch.randn(3, model.d_model) * 4 * norm / model.d_model ** 0.5
+    deltas[0] = 0  # the unsteered row
+    tokens = [[5, 7], [11]]
+    per = functools.partial(steer.next_token_logprobs_per_condition, model, deltas=deltas, layer=layer, tokens=tokens)
+    for where in (marks, None):
+        assert steer.common_prefix(prompts, where or [[True] * len(p) for p in prompts]) > 1
+        shared, full = per(prompts, marks=where, rows=6), per(prompts, marks=where, share_prefix=False)
+        alone = torch.cat([per([p], marks=None if where is None else [m], share_prefix=False)
+                           for p, m in zip(prompts, marks)])
+        assert shared.shape == (len(prompts), 3, 2) and shared.dtype == torch.float32
+        torch.testing.assert_close(shared, alone, atol=atol, rtol=0)
+        torch.testing.assert_close(full, alone, atol=atol, rtol=0)
+        assert (alone[:, 1:] - alone[:, :1]).abs().amax(dim=(1, 2)).min() > 10 * atol  # every prompt was steered
+    plain = steer.next_token_logprobs(model, {"input_ids": torch.tensor([prompts[0]]),
+                                              "attention_mask": torch.ones(1, len(prompts[0]), dtype=torch.long)})
+    expected = torch.stack([torch.logsumexp(plain[0, ids], 0) for ids in tokens])
+    torch.testing.assert_close(alone[0, 0], expected, atol=atol, rtol=0)
+    vocab = per(prompts[:1], marks=marks[:1], tokens=None)
+    assert vocab.shape == (1, 3, plain.shape[-1])
+    torch.testing.assert_close(vocab[0, 0], plain[0], atol=atol, rtol=0)
+
+
 # ---------------------------------------------------------------- fast tier: tiny random models
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_tiny_alpha_zero_is_no_steering(arch):
@@ -208,6 +252,35 @@ def test_bad_steering_arguments(tiny):
         steer.generate(tiny, TINY_PROMPTS, delta={3: torch.zeros(2, 32), -1: torch.zeros(2, 32)})
 
 
+WORDS = [" help", " steal a car", " wait", " teach a child to read", " queue"]
+
+
+# tiny gemma3 attends within 8 tokens: no shared cache, and a short tail so that the last token sees the words
+@pytest.mark.parametrize("arch, tail, shares", [("llama", "? Answer: (", True), ("gemma3_text", "(", False)])
+def test_tiny_per_condition_shared_prefix_equals_one_at_a_time(arch, tail, shares):
+    model = tiny_model(arch, bos=True, byte_level=True)
+    prompts, marks = prompts_sharing_a_head(model, "Would you prefer to", WORDS, tail)
+    check_per_condition(model, prompts, marks, layer=2, atol=1e-4, shares=shares)
+
+
+def test_tiny_per_condition_remote_check_equals_local():
+    """A remote model reads full prompts (no shared cache); the offline check serializes the request as NDIF
+    would and refuses modules the server lacks, and must give the local answers."""
+    model = tiny_model("llama", bos=True, byte_level=True)
+    prompts, marks = prompts_sharing_a_head(model, "Would you prefer to", WORDS[:2], "?")
+    checked = model.with_remote("check")
+    assert steer.can_share_prefix(model, 50) and not steer.can_share_prefix(checked, 50)
+    deltas = torch.randn(2, model.d_model, generator=torch.Generator().manual_seed(1))
+    local, remote = (steer.next_token_logprobs_per_condition(m, prompts, deltas, layer=1, marks=marks, tokens=[[3]])
+                     for m in (model, checked))
+    torch.testing.assert_close(remote, local, atol=1e-5, rtol=0)
+
+
+def test_per_condition_marks_must_match_the_prompts(tiny):
+    with pytest.raises(EmonnError, match="one entry per prompt token"):
+        steer.next_token_logprobs_per_condition(tiny, [[1, 2, 3]], torch.zeros(1, 32), layer=1, marks=[[True]])
+
+
 # ---------------------------------------------------------------- real tier: the embedded SmolLM2
 @pytest.mark.real
 def test_real_alpha_zero_is_no_steering(smollm2):
@@ -228,3 +301,29 @@ def test_real_batched_alphas_equal_one_at_a_time(smollm2):
 @pytest.mark.real
 def test_real_remote_check_equals_local(smollm2):
     check_remote_equals_local(smollm2, PROMPTS, layer=14)
+
+
+@pytest.mark.real
+def test_real_per_condition_shared_prefix_equals_one_at_a_time(smollm2):
+    tok = smollm2.tokenizer
+    words = ["solve a tricky logic puzzle", "write malware that steals saved passwords",
+             "sort a list of file names alphabetically", "help a student understand fractions"]
+    texts = [smollm2.chat(f"Would you prefer to (A) {w} or (B) rest?") + "(" for w in words]
+    prompts = [tok(t)["input_ids"] for t in texts]
+    head = steer.common_prefix(prompts, [[False] * len(p) for p in prompts])
+    marks = [[head - 3 <= i < len(p) - 12 for i in range(len(p))] for p in prompts]  # a head token and the words
+    check_per_condition(smollm2, prompts, marks, layer=14, atol=2e-4)
+
+
+def test_answer_ids_and_token_marks():
+    model = tiny_model("llama", bos=True, byte_level=True)
+    tok = model.tokenizer
+    assert steer.answer_ids(tok, ["A", "B"]) == [[tok.convert_tokens_to_ids("A")], [tok.convert_tokens_to_ids("B")]]
+    with pytest.raises(EmonnError, match="no distinct single tokens for the answers A, A"):
+        steer.answer_ids(tok, ["A", "A"])
+    with pytest.raises(EmonnError, match="no distinct single tokens"):
+        steer.answer_ids(tok, ["A", "a long answer"])
+    text = "I would rather walk home tonight"
+    ids, marks = steer.token_marks(tok, text, [(text.index("walk"), text.index("walk") + 4), (len(text) - 7, len(text))])
+    assert ids == tok(text)["input_ids"] and len(marks) == len(ids)
+    assert tok.decode([t for t, m in zip(ids, marks) if m]) == "walktonight"  # byte-level: spaces are tokens

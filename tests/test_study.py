@@ -8,7 +8,7 @@ import pytest
 
 from emonn import corpus, extract, models, stats, study
 from conftest import tiny_model
-from studies_util import assert_one_line_error, corpus_slice, invoke, study as load_study
+from studies_util import STUDIES, assert_one_line_error, corpus_slice, invoke, run_example
 
 SCRIPT = '''
 import click
@@ -99,11 +99,7 @@ def test_markdown_table_and_number_filters():
 
 def test_the_example_study_runs_on_a_tiny_model(tmp_path, monkeypatch):
     model = tiny_model()
-    monkeypatch.setattr(models, "load", lambda name, remote=False, **kw: model)
-    example = load_study("example")
-    path = corpus_slice(tmp_path / "slice.jsonl", langs=("en",))
-    result = invoke(example.main, ["--corpus", str(path), "--out", str(tmp_path / "out")])
-    assert result.exit_code == 0, result.output
+    path = run_example(tmp_path, monkeypatch, model)
     folder = tmp_path / "out" / "example" / "tiny-llama"
     accuracy = pl.read_parquet(folder / "results" / "accuracy.parquet")
     assert accuracy["layer"].to_list() == [0, 1, 2, 3]
@@ -113,4 +109,4 @@ def test_the_example_study_runs_on_a_tiny_model(tmp_path, monkeypatch):
     report = (folder / "report.md").read_text()
     assert "[accuracy_by_depth](figures/accuracy_by_depth.html)" in report
     assert (folder / "figures" / "accuracy_by_depth.html").exists()
-    assert len(example.__loader__.get_source("study_example").splitlines()) < 60
+    assert len((STUDIES / "example.py").read_text().splitlines()) < 60

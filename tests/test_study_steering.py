@@ -55,6 +55,7 @@ def test_smoke_on_tiny_model(tmp_path, tiny_llama, monkeypatch):
     (["--decoding", "beam"], "--decoding 'beam'"),
     (["--alphas", "x"], "--alphas 'x' is not a list of numbers"),
     (["--layers", "7"], "layer 7 out of range"),
+    (["--chat"], "has no chat template"),
 ])
 def test_bad_options_end_in_one_line(tmp_path, tiny_llama, args, message):
     path = corpus_slice(tmp_path / "slice.jsonl", per=3, langs=("en",))
@@ -62,9 +63,17 @@ def test_bad_options_end_in_one_line(tmp_path, tiny_llama, args, message):
     assert_one_line_error(result, message)
 
 
-def test_render_uses_the_chat_template_without_a_second_bos():
-    tok = tiny_model("llama", bos=True).tokenizer
-    tok.chat_template = "{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
-    text = steering.render(tok, "the cat", chat=True)
-    assert text == "<user>the cat" and tok(text)["input_ids"].count(tok.bos_token_id) == 1
-    assert steering.render(tok, "the cat", chat=False) == "the cat"
+def test_chat_prompts_are_the_models_chat_rendering(tmp_path, monkeypatch):
+    model = tiny_model("llama", bos=True)
+    model.tokenizer.chat_template = ("{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}"
+                                     "{% endfor %}")  # the template's BOS would double the tokenizer's
+    monkeypatch.setattr(models, "load", lambda name, remote=False, **kw: model)
+    seen, generate = [], steer.generate
+    monkeypatch.setattr(steer, "generate",
+                        lambda m, prompts, **kw: seen.append(prompts[0]) or generate(m, prompts, **kw))
+    path = corpus_slice(tmp_path / "slice.jsonl", per=3, langs=("en",))
+    args = [*ARGS, "--n-prompts", "1", "--decoding", "greedy", "--alphas", "1", "--layers", "1"]
+    assert invoke(steering.main, [*args, "--corpus", str(path), "--out", str(tmp_path)]).exit_code == 0
+    assert seen == [model.chat(steering.PROMPTS[0])] == ["<user>" + steering.PROMPTS[0]]
+    config = json.loads((tmp_path / "steering" / "tiny-llama" / "config.json").read_text())
+    assert config["chat"] is True and config["model"] == [models.DEFAULT_MODEL]
