@@ -1,10 +1,10 @@
-"""Evidence that the corpus carries emotion signal: leave-topics-out nearest-centred-centroid accuracy per layer.
+"""Evidence that the corpus carries emotion signal: leave-topics-out nearest-centered-centroid accuracy per layer.
 
     python bench/corpus_signal.py [--runs smollm2-135m:en,gemma3-270m:en,gemma3-270m:ja] [--out outputs]
 
 For each model and language: comprehension activations of every shipped story (mean over tokens >=
 `--start`, shared activation cache), then at each layer leave-one-topic-out classification: the 30
-emotion centroids are built from the stories of the other topics, centred on their mean, and each
+emotion centroids are built from the stories of the other topics, centered on their mean, and each
 held-out story gets the emotion of the centroid with the highest cosine (`stats.nearest_centroid_accuracy`).
 Chance is 1/30. Prints one table (accuracy per layer), the best layer per run, and writes
 outputs/corpus_signal/embedded/results/accuracy.parquet.
