@@ -179,7 +179,8 @@ class Run:
     def note(self, **facts: Any) -> None:
         """Record facts of the run (resolved layers, corpus digest, ...) in `config.json` beside its options."""
         self.facts.update(facts)
-        config = {**self.options, "dtype": {m.name: runs.dtype_name(m.dtype) for m in self.models}, **self.facts}
+        dtypes = {m.name: runs.dtype_name(m.dtype) for m in self.models}
+        config = {**self.options, "model_dtypes": dtypes, **self.facts}
         runs.atomic_write(self.folder / "config.json", json.dumps(config, indent=2, default=str, ensure_ascii=False))
 
     # ---------------------------------------------------------------- inputs

@@ -60,7 +60,7 @@ def test_shared_options_config_units_and_report(tmp_path, toy):
     folder = tmp_path / "out" / "toy" / "tiny-llama"
     config = json.loads((folder / "config.json").read_text())
     assert config["model"] == ["smollm2-135m"] and config["seed"] == 3 and config["calls"] == 1
-    assert config["dtype"] == {"tiny-llama": "float32"} and config["langs"] == "en"
+    assert config["model_dtypes"] == {"tiny-llama": "float32"} and config["langs"] == "en"
     report = (folder / "report.md").read_text()
     assert "12 stories (25%, n/a, seed 3)" in report and "| n |\n|---|\n| 12 |" in report
     assert pl.read_parquet(folder / "results" / "count.parquet")["n"].to_list() == [12]
