@@ -119,9 +119,7 @@ def test_cache_resumes_per_unit_with_the_same_samples(tiny, tmp_path, monkeypatc
 
 @pytest.mark.real
 def test_real_in_trace_reduction_equals_hf_and_the_strict_check(smollm2):
-    from emonn.corpus.generate import chat
-
-    prompts = [chat(smollm2.tokenizer, f"Write one sentence about a person who feels {e}.")
+    prompts = [smollm2.chat(f"Write one sentence about a person who feels {e}.")
                for e in ("afraid", "proud", "lonely")]
     local = extract.generated_activations(smollm2, prompts, max_new_tokens=8, do_sample=False, progress=False)
     assert all(len(row) == 8 for row in local.ids)
