@@ -99,7 +99,7 @@ def main(run: study.Run, emotions: str, alpha: float, layer: int | None, steer_s
     model = run.model
     layer = model.check_layers([round(DEPTH * (model.n_layers - 1)) if layer is None else layer])[0]
     chat = model.has_chat if chat is None else chat
-    run.note(layer=layer, chat=chat, pairs=len(chosen), corpus=corpus.digest(stories))
+    run.note(layer=layer, chat=chat, pairs=len(chosen), corpus_digest=corpus.digest(stories))
 
     # ---- steering deltas: baseline (zero), each emotion vector, a random direction; alpha * mean‖h‖
     vectors, _ = run.vectors(model, "en", layers=[layer])
