@@ -88,18 +88,23 @@ def command(name: str, *, models: tuple[str, ...] | Callable[[], tuple[str, ...]
 
 
 # ---------------------------------------------------------------- report templates
+def _missing(x: Any) -> bool:
+    """None or NaN: printed as `n/a` by every number filter."""
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
 def _fixed(x: Any, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
+    if _missing(x):
         return "n/a"
     return f"{x:.{digits}f}"
 
 
 def _general(x: Any, digits: int = 2) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}g}"
+    return "n/a" if _missing(x) else f"{x:.{digits}g}"
 
 
 def _percent(x: Any, digits: int = 0) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}%}"
+    return "n/a" if _missing(x) else f"{x:.{digits}%}"
 
 
 def markdown_table(frame: pl.DataFrame | list[dict], digits: int = 3) -> str:
@@ -285,7 +290,8 @@ class Run:
         """Fill `studies/<template>` (default: the study script's name with `.md`) with `facts`, the run's
         options (`options`), models, elapsed seconds, and a list of the figures with relative links."""
         path = self.script.with_name(template) if template else self.script.with_suffix(".md")
-        text = render(path, options=self.options, models=self.models, elapsed=self.elapsed, **self.facts, **facts)
+        # a fact given here overrides one noted earlier (two ** would make a shared name a TypeError)
+        text = render(path, options=self.options, models=self.models, elapsed=self.elapsed, **{**self.facts, **facts})
         if self.figures and to == "report.md":
             text = text.rstrip("\n") + "\n\n## Figures\n\n" + "\n".join(
                 f"- [{name}](figures/{name}.html) ([PNG](figures/{name}.png))" for name in dict.fromkeys(self.figures))
