@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from emonn import EmonnError, readings
 from emonn.models import Model
-from emonn.reducers import REDUCERS, pool, still_generating, weights
+from emonn.reducers import REDUCERS, lens, pool, still_generating, weights
 from emonn.readings import Readings
 from emonn.runs import ActivationCache, GenerationCache, dtype_name
 
@@ -125,12 +125,12 @@ def embeddings(model: Model, texts: list[str], *, reducer: str = "mean", start: 
 def logit_lens(model: Model, vectors: np.ndarray) -> np.ndarray:
     """Vectors `(n, d)` read through the final norm and the unembedding: logits `(n, vocab)`.
     Runs as a trace (the norm and lm_head may live on NDIF), stopped before the model's own forward."""
-    norm, head, x = model.final_norm, model.unembed, torch.tensor(np.asarray(vectors), dtype=torch.float32)
-    enc = dict(model.tokenizer(["."], return_tensors="pt"))
+    x = torch.tensor(np.asarray(vectors), dtype=torch.float32)
+    enc, embed = dict(model.tokenizer(["."], return_tensors="pt")), model.embedding()
     with torch.no_grad(), model.trace(enc) as tracer:
-        logits = head(norm(x)).save()
+        logits = lens(model.final_norm, model.unembed, x, embed.output).save()
         tracer.stop()
-    return logits.float().numpy()
+    return logits.numpy()
 
 
 def activations(model: Model, texts: list[str], *, reducer: str = "mean", start: int = START,

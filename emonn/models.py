@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -120,6 +121,7 @@ class Model:
     head_path: str
     remote: bool | str = False
     langs: tuple[str, ...] = ("en",)
+    identity: str | None = None  # the fingerprint, where it is known without reading weights (random-init twins)
 
     def _at(self, path: str) -> Any:
         return functools.reduce(getattr, path.split("."), self.lm)
@@ -138,6 +140,20 @@ class Model:
     def device(self) -> torch.device:
         """The device of the model's first weight (the input embedding's, under a device map)."""
         return next(self.hf.parameters()).device
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """A short digest of the model's config and of a sample of its weights (the first and last values of
+        every tensor): two different models under one name (two folders both called `model`, two
+        `model.gguf` files) get different fingerprints; on NDIF, of the config and the name only."""
+        if self.identity:
+            return self.identity
+        digest = hashlib.sha1(f"{self.name}\n{self.hf.config.to_json_string(use_diff=False)}".encode())
+        if not self.remote:
+            for tensor in self.hf.state_dict().values():
+                flat = tensor.reshape(-1)
+                digest.update(torch.cat([flat[:8], flat[-8:]]).float().cpu().numpy().tobytes())
+        return digest.hexdigest()[:12]
 
     @property
     def has_chat(self) -> bool:
@@ -252,7 +268,74 @@ def random_init(model: Model, seed: int, *, dtype: torch.dtype | None = None, in
     with contextlib.nullcontext() if initialise else no_init_weights():
         hf_model = AutoModelForCausalLM.from_config(model.hf.config, dtype=dtype or model.dtype)
     twin = wrap(hf_model.eval(), model.tokenizer, name=f"{model.name}-random-init-seed{seed}", langs=model.langs)
-    return dataclasses.replace(twin, slug=f"{model.slug}-random-init-seed{seed}")
+    identity = hashlib.sha1(f"{model.fingerprint}-random-init-seed{seed}".encode()).hexdigest()[:12]
+    return dataclasses.replace(twin, slug=f"{model.slug}-random-init-seed{seed}", identity=identity)
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICE_HELP = ("auto (a GPU when one is visible), cpu, cuda (all GPUs: a model too large for one is spread over "
+               "them) or cuda:N.")
+DTYPE_HELP = ("Weights' dtype; auto: bfloat16 on a GPU, on a CPU only where it is native and the activations agree "
+              "with float32 (measured once per model), else float32.")
+#: The lowest per-layer cosine, on a few corpus texts, between bfloat16 and float32 mean activations for "auto" to
+#: read a model in bfloat16 on a CPU.
+BF16_AGREEMENT = 0.9999
+
+
+def resolve_device(device: str) -> str:
+    """`--device`: auto (the GPU when one is visible, else the CPU), cpu, cuda (every visible GPU, the model
+    spread over them when it does not fit one) or cuda:N; an unknown or absent device is an `EmonnError`."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if not re.fullmatch(r"cuda(:\d+)?", device):
+        raise EmonnError(f"unknown device '{device}': use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise EmonnError(f"--device {device}: torch sees no CUDA GPU on this machine (use --device cpu)")
+    if ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
+        raise EmonnError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return device
+
+
+def bfloat16_agreement(model: Model, texts: list[str], start: int = 20) -> float:
+    """The lowest cosine, over texts and layers, between the residual stream of `model` in float32 and in
+    bfloat16 (a copy), each averaged from token `start` on (what the studies average, `extract.START`): how
+    much reading in bfloat16 changes a reading."""
+    import copy
+
+    means = []
+    for hf in (model.hf, copy.deepcopy(model.hf).to(torch.bfloat16)):
+        with torch.no_grad():
+            batch = model.tokenizer(texts, return_tensors="pt", padding=True).to(model.device)
+            states = torch.stack(hf(**batch, output_hidden_states=True).hidden_states[1:]).float()
+            mask = batch["attention_mask"]  # left padding: a text's tokens are its last `n` positions
+            first = (mask.sum(1, keepdim=True) - 1).clamp(max=start)  # a short text: from its last token
+            mask = (mask.cumsum(1) > first).float()[None, :, :, None]
+            means.append((states * mask).sum(2) / mask.sum(2))  # (layers, texts, d)
+    return float(torch.nn.functional.cosine_similarity(*means, dim=-1).min())
+
+
+def _auto_dtype(model: Model) -> torch.dtype:
+    """"auto" for a float32 model on a CPU: bfloat16 where this CPU multiplies it at least twice as fast and the
+    model's activations agree with float32 (`BF16_AGREEMENT`, measured once per model and remembered in
+    `cache_dir()/bf16_agreement.json`), else float32."""
+    if not bfloat16_faster("cpu", torch.float32):
+        return torch.float32
+    record_path = cache_dir() / "bf16_agreement.json"
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        record = {}
+    key = f"{model.slug}-{model.fingerprint}"
+    if key not in record:
+        from emonn import corpus
+
+        texts = corpus.load().group_by("lang", maintain_order=True).head(2)["text"].to_list()
+        record[key] = bfloat16_agreement(model, texts)
+        record_path.parent.mkdir(parents=True, exist_ok=True)
+        record_path.write_text(json.dumps(record, indent=1))
+    return torch.bfloat16 if record[key] >= BF16_AGREEMENT else torch.float32
 
 
 def fast_dtype(model: Model) -> torch.dtype:
@@ -306,7 +389,7 @@ def _save_converted(hf_model: Any, tokenizer: Any, target: Path) -> None:
     partial.replace(target)
 
 
-def _load_gguf(gguf: Path, target: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+def _load_gguf(gguf: Path, target: Path, dtype: torch.dtype, device: str = "cpu") -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not (target / "config.json").exists():
@@ -318,14 +401,15 @@ def _load_gguf(gguf: Path, target: Path, dtype: torch.dtype) -> tuple[Any, Any]:
         hf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
         _save_converted(hf_model, tokenizer, target)
         print(f"[emonn] converted in {time.perf_counter() - started:.0f} s")
-    return _load_dir(str(target), dtype)
+    return _load_dir(str(target), dtype, device)
 
 
-def _load_dir(source: str, dtype: torch.dtype) -> tuple[Any, Any]:
+def _load_dir(source: str, dtype: torch.dtype, device: str = "cpu") -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source)
-    hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).eval()
+    placement = {} if device == "cpu" else {"device_map": "auto" if device == "cuda" else {"": device}}
+    hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **placement).eval()
     return hf_model, tokenizer
 
 
@@ -366,30 +450,45 @@ def installed() -> tuple[list[str], list[str]]:
     return names, skipped
 
 
-def load(name: str = DEFAULT_MODEL, *, remote: bool = False, dtype: torch.dtype = torch.float32) -> Model:
+def load(name: str = DEFAULT_MODEL, *, remote: bool = False, dtype: torch.dtype | str = torch.float32,
+         device: str = "cpu") -> Model:
     """Load `name`: an embedded alias (see `EMBEDDED`), a Hugging Face repo id (from the local cache, or
-    hosted on NDIF with `remote=True`), a local model folder, or a `.gguf` file.
+    hosted on NDIF with `remote=True`), a local model folder, or a `.gguf` file, onto `device` (see
+    `resolve_device`) in `dtype` (a torch dtype, a name of `DTYPES`, or "auto": bfloat16 on a GPU; on a CPU
+    bfloat16 only where it is native and measured equal, see `_auto_dtype`; else float32).
 
     GGUF weights are converted once to safetensors under `cache_dir()/models/`; later loads take seconds.
     """
     if remote:
         return _load_remote(name)
+    device = resolve_device(device)
+    if isinstance(dtype, str) and dtype != "auto" and dtype not in DTYPES:
+        raise EmonnError(f"unknown dtype '{dtype}': use auto, {', '.join(DTYPES)}")
+    auto = dtype == "auto"
+    kind = (torch.bfloat16 if device != "cpu" else torch.float32) if auto else DTYPES.get(dtype, dtype)
+    model = _load_local(name, kind, device)
+    if auto and device == "cpu" and _auto_dtype(model) == torch.bfloat16:
+        model.hf.to(torch.bfloat16)
+    return model
+
+
+def _load_local(name: str, dtype: torch.dtype, device: str) -> Model:
     path = Path(name).expanduser()
     if name in EMBEDDED:
         entry = EMBEDDED[name]
-        hf_model, tokenizer = _load_gguf(entry.gguf(), cache_dir() / "models" / name, dtype)
+        hf_model, tokenizer = _load_gguf(entry.gguf(), cache_dir() / "models" / name, dtype, device)
         return wrap(hf_model, tokenizer, name=name, langs=entry.langs)
     if path.suffix == ".gguf":
         if not path.is_file():
             raise EmonnError(f"GGUF file not found: {path}")
         stat = path.resolve().stat()
         digest = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
-        hf_model, tokenizer = _load_gguf(path, cache_dir() / "models" / f"{path.stem}-{digest}", dtype)
+        hf_model, tokenizer = _load_gguf(path, cache_dir() / "models" / f"{path.stem}-{digest}", dtype, device)
         return wrap(hf_model, tokenizer, name=path.stem, langs=("en", "ja"))
     if path.is_dir():
         if not (path / "config.json").exists():
             raise EmonnError(f"{path} is not a model folder (no config.json)")
-        return wrap(*_load_dir(str(path), dtype), name=path.name, langs=("en", "ja"))
+        return wrap(*_load_dir(str(path), dtype, device), name=path.name, langs=("en", "ja"))
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
         raise EmonnError(f"unknown model '{name}': use an embedded alias ({', '.join(EMBEDDED)}), "
                          "a Hugging Face repo id, a model folder or a .gguf file")
@@ -399,7 +498,7 @@ def load(name: str = DEFAULT_MODEL, *, remote: bool = False, dtype: torch.dtype 
     level = hub_log.level
     hub_log.setLevel(logging.ERROR)  # its retry warnings would precede the one-line error below
     try:
-        return wrap(*_load_dir(name, dtype), name=name, langs=("en", "ja"))
+        return wrap(*_load_dir(name, dtype, device), name=name, langs=("en", "ja"))
     except OSError as error:
         raise EmonnError(f"could not load '{name}' from the Hugging Face cache (no hub access here?); "
                          f"use an embedded alias ({', '.join(EMBEDDED)}) or --remote for NDIF-hosted models"

@@ -225,8 +225,12 @@ def write(frame: pl.DataFrame, emotions: list[str], out: Path, *, emotion: str |
 @click.option("--emotion", default=None, help="Emotion to colour by (default: the top one at the end).")
 @click.option("--out", type=click.Path(), default=None, help="Output folder (default: outputs/probe/<model>).")
 @click.option("--remote", is_flag=True, help="Run the trace on NDIF (needs NDIF_API_KEY).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+              show_default=True, help="auto: bfloat16 on a GPU, or on a CPU where it is native and measured equal.")
 def command(text: str | None, file: str | None, chat: str | None, user: bool, vectors_path: str | None,
-            model: str | None, layer: int | None, emotion: str | None, out: str | None, remote: bool) -> None:
+            model: str | None, layer: int | None, emotion: str | None, out: str | None, remote: bool, device: str,
+            dtype: str) -> None:
     """Per-token cosine of a text (TEXT, --file or --chat) with each emotion vector at one layer: writes
     tokens.parquet and a self-contained tokens.html (coloured tokens, every score on hover)."""
     from emonn import models, share
@@ -246,7 +250,7 @@ def command(text: str | None, file: str | None, chat: str | None, user: bool, ve
     name = model or vectors.meta.get("model")
     if not name:
         raise EmonnError("the vectors do not record their model: pass --model")
-    loaded = models.load(name, remote=remote)
+    loaded = models.load(name, remote=remote, device=device, dtype=dtype)
     source: str | list[dict[str, str]] = load_chat(chat) if chat else Path(file).read_text() if file else text
     if user:
         if chat:

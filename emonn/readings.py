@@ -133,6 +133,13 @@ class Readings:
             out[members] = rng.choice(members, size=len(members), replace=True)
         return out
 
+    def halves(self, rng: np.random.Generator, by: tuple[str, ...] = ("lang", "emotion")) -> tuple[np.ndarray, ...]:
+        """Row indices of a random split into two halves within each stratum `by` (an odd stratum gives its
+        extra row to the second half): the two samples of a split-half reliability."""
+        from emonn import stats
+
+        return stats.split_halves(self.strata(by), rng)
+
     def emotion_means(self, emotions: tuple[str, ...] | None = None) -> np.ndarray:
         """Mean activation per emotion: float64 `(n_emotions, n_layers, d)` in the order of `emotions`."""
         emotions = self.emotions if emotions is None else tuple(emotions)

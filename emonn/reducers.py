@@ -72,6 +72,12 @@ def token_cosines(output: torch.Tensor | tuple, center: torch.Tensor, pcs: torch
         return x @ units.to(h.device, torch.float32).T
 
 
+def lens(norm: torch.nn.Module, head: torch.nn.Module, x: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
+    """In-trace: vectors x `(n, d)` through the final norm and the unembedding, first moved to the device and
+    dtype of `partner` (a model tensor, e.g. the input embedding's output): float32 logits `(n, vocab)`."""
+    return head(norm(x.to(partner.device, partner.dtype))).float()
+
+
 REDUCERS = ("mean", "last")
 
 

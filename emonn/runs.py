@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,20 +44,39 @@ def write_parquet(path: Path, frame: Any) -> Path:
     return atomic_write(path, buffer.getvalue())
 
 
+#: What reading a damaged (truncated, overwritten) `.npz` raises.
+DAMAGED = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+
+
+def set_aside(path: Path, error: Exception) -> None:
+    """Rename a damaged cache file to `<name>.broken` (kept for inspection, never read again) and warn in one
+    line: what it held is computed again."""
+    import warnings
+
+    path.replace(path.with_name(path.name + ".broken"))
+    warnings.warn(f"damaged cache file {path} set aside as {path.name}.broken ({type(error).__name__}); "
+                  "what it held is computed again", stacklevel=3)
+
+
 @dataclass(frozen=True)
 class ActivationCache:
-    """Reduced activations `(n_layers, d)` per text, stored in chunks of `.npz` (keys + array)."""
+    """Reduced activations `(n_layers, d)` per text, stored in chunks of `.npz` (keys + array). A lookup reads
+    each chunk's keys and only the activations of chunks that hold a wanted text; a damaged chunk is set
+    aside (`set_aside`) and its texts count as not cached."""
 
     folder: Path
 
     def lookup(self, keys: list[str]) -> dict[str, np.ndarray]:
         wanted, found = set(keys), {}
         for chunk in sorted(self.folder.glob("*.npz")) if self.folder.exists() else []:
-            with np.load(chunk) as data:
-                hits = [i for i, key in enumerate(data["keys"]) if key in wanted]
-                if hits:
-                    acts = data["acts"]
-                    found.update({str(data["keys"][i]): acts[i] for i in hits})
+            try:
+                with np.load(chunk) as data:
+                    hits = [i for i, key in enumerate(data["keys"]) if key in wanted]
+                    if hits:
+                        acts = data["acts"]
+                        found.update({str(data["keys"][i]): acts[i] for i in hits})
+            except DAMAGED as error:
+                set_aside(chunk, error)
         return found
 
     def store(self, rows: dict[str, np.ndarray]) -> None:
@@ -79,11 +99,13 @@ def cache_name(reducer: str, start: int, dtype: torch.dtype) -> str:
 
 def activation_cache(out: Path, model: Any, reducer: str, start: int, *, embedding: bool = False
                      ) -> ActivationCache:
-    """`model`'s activations under `out/cache/<model slug>/` (e.g. `mean-k20-float32`); `embedding=True`: its
-    input embeddings reduced the same way, beside them (`embedding-mean-k20-float32`). A random-init twin
-    (`models.random_init`) has a slug, hence a cache, of its own."""
+    """`model`'s activations under `out/cache/<model slug>/`, in a folder named by the reading and the model's
+    fingerprint (e.g. `mean-k20-float32-8fc22632c3a9`), so two different models under one name never share
+    activations; `embedding=True`: its input embeddings reduced the same way, beside them
+    (`embedding-mean-k20-float32-...`). A random-init twin (`models.random_init`) has a slug, hence a cache,
+    of its own."""
     name = ("embedding-" if embedding else "") + cache_name(reducer, start, model.dtype)
-    return ActivationCache(Path(out) / "cache" / model.slug / name)
+    return ActivationCache(Path(out) / "cache" / model.slug / f"{name}-{model.fingerprint}")
 
 
 @dataclass(frozen=True)
@@ -97,9 +119,13 @@ class GenerationCache:
         path = self.folder / f"{key}.npz"
         if not path.exists():
             return None
-        with np.load(path) as data:
-            ids = np.split(data["ids"], np.cumsum(data["lengths"])[:-1])
-            return data["acts"], [row.tolist() for row in ids], data["texts"].tolist()
+        try:
+            with np.load(path) as data:
+                ids = np.split(data["ids"], np.cumsum(data["lengths"])[:-1])
+                return data["acts"], [row.tolist() for row in ids], data["texts"].tolist()
+        except DAMAGED as error:
+            set_aside(path, error)
+            return None
 
     def store(self, key: str, acts: np.ndarray, ids: list[list[int]], texts: list[str]) -> None:
         import io
@@ -112,7 +138,7 @@ class GenerationCache:
 
 def generation_cache(out: Path, model: Any) -> GenerationCache:
     dtype = dtype_name(model.dtype)
-    return GenerationCache(Path(out) / "cache" / model.slug / f"generated-{dtype}")
+    return GenerationCache(Path(out) / "cache" / model.slug / f"generated-{dtype}-{model.fingerprint}")
 
 
 @dataclass(frozen=True)

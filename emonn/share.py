@@ -412,17 +412,20 @@ def vectors() -> None:
               help="Average each text's residual stream from this token on (default: 20, as the studies).")
 @click.option("--layers", default="", help="Layers to fit, e.g. '2-10' or '0,5,-1' (default: all).")
 @click.option("--remote", is_flag=True, help="Run the traces on NDIF (needs NDIF_API_KEY).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+              show_default=True, help="auto: bfloat16 on a GPU, or on a CPU where it is native and measured equal.")
 @click.option("--out", default=str(runs.OUT), show_default=True, type=click.Path(),
               help="Outputs root: the vectors go to OUT/vectors/<model>-<lang>/, activations to OUT/cache/.")
 def build_command(model: str | None, lang: str, corpus: str | None, neutral: str | None, denoise: bool,
-                  start_token: int | None, layers: str, remote: bool, out: str) -> None:
+                  start_token: int | None, layers: str, remote: bool, device: str, dtype: str, out: str) -> None:
     """Fit and save emotion vectors for a model and language, with a readable model card (README.md)."""
     from emonn import corpus as shipped, models
 
     if len(shipped.parse_langs(lang)) != 1:
         raise EmonnError(f"--lang takes one language, got '{lang}': build each language on its own")
     wanted = runs.parse_layers(layers)  # a bad --layers fails before the model loads
-    loaded = models.load(model or models.DEFAULT_MODEL, remote=remote)
+    loaded = models.load(model or models.DEFAULT_MODEL, remote=remote, device=device, dtype=dtype)
     built = build(loaded, lang, corpus=corpus, neutral=neutral, denoise=denoise, start=start_token,
                   layers=wanted, out=out)
     v, choice = built.vectors, built.choice

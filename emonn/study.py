@@ -12,7 +12,7 @@
         run.report(separation=frame)            # fills studies/localization.md
         run.done("best layer ...")
 
-`command` adds the shared options (`--model` (repeatable with `many=True`), `--remote`, `--langs`,
+`command` adds the shared options (`--model` (repeatable with `many=True`), `--remote`, `--device`, `--dtype`, `--langs`,
 `--layers`, `--start-token`, `--corpus`, `--neutral`, `--batch-tokens`, `--seed`, `--out`), loads the
 models, writes `config.json`, turns an `EmonnError` into one line, and hands the study a `Run`: the
 output folder `outputs/<study>/<model[__model...]>/`, the shared activation cache, cached units of work
@@ -27,7 +27,6 @@ import inspect
 import json
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -40,7 +39,8 @@ from emonn.readings import Readings
 from emonn.vectors import EmotionVectors
 
 #: The options `command` adds to every study, in the order `--help` lists them.
-SHARED = ("model", "remote", "langs", "layers", "start_token", "corpus", "neutral", "batch_tokens", "seed", "out")
+SHARED = ("model", "remote", "device", "dtype", "langs", "layers", "start_token", "corpus", "neutral", "batch_tokens",
+          "seed", "out")
 
 
 def _shared_options(models_default: tuple[str, ...] | Callable[[], tuple[str, ...]], many: bool, langs: str,
@@ -51,6 +51,9 @@ def _shared_options(models_default: tuple[str, ...] | Callable[[], tuple[str, ..
         click.Option(["--model"], multiple=many, default=default, show_default=not callable(default),
                      help=model_help + (" Default: every installed embedded model." if callable(default) else "")),
         click.Option(["--remote"], is_flag=True, help="Run the traces on NDIF (needs NDIF_API_KEY)."),
+        click.Option(["--device"], default="auto", show_default=True, help=models.DEVICE_HELP),
+        click.Option(["--dtype"], type=click.Choice(["auto", *models.DTYPES]), default="auto", show_default=True,
+                     help=models.DTYPE_HELP),
         click.Option(["--langs"], default=langs, show_default=True,
                      help="Corpus languages; each model reads those it supports (SmolLM2: en only)."),
         click.Option(["--layers"], default="", help="Layers to analyse, e.g. '2-10' or '0,5,-1' (default: all)."),
@@ -62,7 +65,7 @@ def _shared_options(models_default: tuple[str, ...] | Callable[[], tuple[str, ..
         click.Option(["--out"], default="outputs", show_default=True, type=click.Path()),
     ]
     if neutral:
-        options.insert(6, click.Option(["--neutral"], type=click.Path(), default=None,
+        options.insert(8, click.Option(["--neutral"], type=click.Path(), default=None,
                                        help="A neutral-texts file instead of the shipped one."))
     return options
 
@@ -162,7 +165,8 @@ class Run:
         if not names:
             raise EmonnError("no model to run: pass --model")
         runs.parse_layers(shared["layers"])  # a bad --layers fails before any model loads
-        loaded = [models.load(name, remote=shared["remote"]) for name in names]
+        loaded = [models.load(name, remote=shared["remote"], device=shared["device"], dtype=shared["dtype"])
+                  for name in names]
         run = cls(study, script, {**shared, "model": names, **own}, loaded, langs, shared["seed"],
                   shared["start_token"], shared["batch_tokens"], Path(shared["out"]))
         run.note()
@@ -252,16 +256,14 @@ class Run:
     def unit(self, key: Any, compute: Callable[[], pl.DataFrame], *, name: str = "unit") -> pl.DataFrame:
         """A cached unit of work: `compute()` once per `key` (anything JSON can write), stored in
         `units/<name>-<hash>.parquet`, so an interrupted run resumes at the first missing unit. A damaged
-        file is set aside (`.broken`) with a warning and the unit is computed again."""
+        file is set aside (`<name>.broken`) with a warning and the unit is computed again."""
         digest = hashlib.sha1(json.dumps(key, default=str, sort_keys=True).encode()).hexdigest()[:12]
         path = self.folder / "units" / f"{name}-{digest}.parquet"
         if path.exists():
             try:
                 return pl.read_parquet(path)
             except Exception as error:  # noqa: BLE001 - any unreadable file is recomputed
-                warnings.warn(f"damaged unit {path.name} set aside ({type(error).__name__}); recomputing",
-                              stacklevel=2)
-                path.replace(path.with_suffix(".broken"))
+                runs.set_aside(path, error)
         frame = compute()
         runs.write_parquet(path, frame)
         return frame

@@ -12,7 +12,7 @@ Gemma-3-1B base), so raw emotion-vector cosines say little on their own. Per mod
   that is left above the text-to-text similarity;
 - a shuffled-label null of the separation (p = (k + 1) / (n + 1));
 - a random-direction baseline: the held-out effect size (one emotion's stories vs the rest) of projections
-  on each emotion's direction, fitted on the other half of the topics, against random directions;
+  on each emotion's direction, fitted on the other half of its topics, against random directions;
 - per layer, whether emotion separation exceeds both baselines (p FDR-corrected across layers).
 Writes outputs/anisotropy/<model[__model...]>/ (config.json, results/, figures/, report.md).
 """
@@ -47,8 +47,10 @@ def main(run: study.Run, permutations: int, n_random: int, bootstrap: int, fdr: 
         for lang in model.reads(run.langs):
             frame, neutral_frame = run.stories(lang), run.neutral(lang)
             labels, topics = frame["emotion"].to_numpy(), frame["topic"].to_numpy()
-            # two folds of topics for the direction baseline: fit on one half of the topics, test on the other
-            halves = np.isin(topics, np.unique(topics)[::2])
+            # two folds of topics for the direction baseline: each emotion's direction is fitted on one half of
+            # its own topics (every other one, sorted) and tested on its stories of the other half
+            rank = pl.DataFrame({"e": labels, "t": topics}).select(pl.col("t").rank("dense").over("e"))["t"]
+            halves = rank.to_numpy() % 2 == 1
             short = [e for e in np.unique(labels) if min(np.sum(halves & (labels == e)),
                                                          np.sum(~halves & (labels == e))) < 2]
             if short or neutral_frame.height < 3:

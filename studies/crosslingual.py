@@ -4,8 +4,10 @@
     python studies/crosslingual.py --model Qwen/Qwen2.5-7B-Instruct --remote   # the same on NDIF
 
 Per layer: EN-JA cosine of each emotion's vector (raw, centered, denoised); RSA of the two 30x30 cosine
-matrices with a label-permutation test and a bootstrap CI over stories; cross-layer RSA; PCA against
-valence/arousal; clustering agreement; Procrustes alignment against a shuffled-label null; geodesic vs
+matrices with the emotions as the unit (bootstrap CI over emotions, label-permutation p per layer and for
+the best layer), the noise-corrected RSA (split-half, Spearman-Brown), the stimulus baselines (TF-IDF, the
+topic design) and the partial RSA without them; cross-layer RSA; PCA against valence/arousal; clustering
+agreement against a permutation null; Procrustes alignment against a shuffled-label null; geodesic vs
 euclidean RSA; a logit lens of the vectors; and cross-lingual transfer of a nearest-vector classifier.
 Writes outputs/crosslingual/<model>/ (config.json, results/*.parquet, figures/, vectors/, report.md).
 """
@@ -17,7 +19,7 @@ import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
-from emonn import EmonnError, corpus, extract, models, plots, stats, study
+from emonn import EmonnError, baselines, corpus, extract, models, plots, stats, study
 from emonn import textmetrics as tm
 from emonn.vectors import EmotionVectors
 
@@ -31,9 +33,10 @@ def upper_cosines(vectors: np.ndarray) -> np.ndarray:
 @click.option("--denoise/--no-denoise", default=True, show_default=True,
               help="Project out the neutral texts' top PCs (50%% of their variance).")
 @click.option("--permutations", default=10_000, show_default=True, help="Label permutations per RSA test.")
-@click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples of the stories.")
+@click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples of the emotions.")
+@click.option("--splits", default=5, show_default=True, help="Random split-halves per language (noise ceiling).")
 @click.option("--pca-layer", type=int, default=None, help="Layer for PCA, clustering, logit lens (default: best RSA).")
-def main(run: study.Run, denoise: bool, permutations: int, bootstrap: int, pca_layer: int | None) -> None:
+def main(run: study.Run, denoise: bool, permutations: int, bootstrap: int, splits: int, pca_layer: int | None) -> None:
     if len(run.langs) != 2:
         raise EmonnError(f"--langs needs two different languages, e.g. en,ja (got '{run.options['langs']}')")
     a, b = run.langs
@@ -73,30 +76,47 @@ def main(run: study.Run, denoise: bool, permutations: int, bootstrap: int, pca_l
     cos_by_depth = emotion_cos.group_by("variant", "layer", "depth").agg(pl.col("cosine").mean()).sort("variant",
                                                                                                           "layer")
 
-    # ---- 2. RSA per layer: permutation test, bootstrap CI over stories, null band
+    # ---- 2. RSA per layer with the emotions as the unit: a bootstrap CI over emotions, a permutation p per layer
+    # and for the best layer (max over layers), Spearman and Pearson in families of their own; the noise-corrected
+    # RSA (split-half reliabilities); stimulus baselines (TF-IDF, topic design) and the partial RSA without them
     cos_a, cos_b = upper_cosines(vec[a].vectors), upper_cosines(vec[b].vectors)
+    boot = dict(n_boot=bootstrap, seed=seed)
+    tests = {m: stats.condition_test(cos_a, cos_b, n_permutations=permutations, method=m, **boot)
+             for m in ("spearman", "pearson")}
+    rng = np.random.default_rng(seed)
+    halves = {lang: np.stack([[upper_cosines(EmotionVectors.fit(readings[lang].take(half), emotions=emotions,
+                                                                 pcs=vec[lang].pcs).vectors)
+                               for half in readings[lang].halves(rng)] for _ in range(splits)]) for lang in run.langs}
+    corrected = stats.noise_corrected(cos_a, cos_b, halves[a], halves[b], **boot)
+    base = {lang: baselines.stimulus(stories.filter((pl.col("lang") == lang) & pl.col("emotion").is_in(emotions)),
+                                     emotions) for lang in run.langs}
+    controls = {lang: np.stack(list(base[lang].values())) for lang in run.langs}
+    partial = stats.condition_test(cos_a, cos_b, controls_a=controls[a], controls_b=controls[b],
+                                   n_permutations=min(permutations, 2000), **boot)
     rsa_rows = []
-    for j, layer in enumerate(tqdm(layers, desc="RSA permutation tests")):
-        for method in ("spearman", "pearson"):
-            test = stats.rsa_test(cos_a[j], cos_b[j], n_permutations=permutations, seed=seed, method=method)
-            low, high = np.quantile(test.null, [0.025, 0.975])
-            rsa_rows.append({"layer": layer, "depth": float(depth[j]), "method": method, "r": test.statistic,
-                             "p": test.p, "null_low": float(low), "null_high": float(high)})
-    n_a = len(readings[a])
-    strata = np.concatenate([readings[a].strata(), readings[b].strata()])  # all a rows, then all b rows
-
-    def rsa_per_layer(idx: np.ndarray) -> np.ndarray:
-        refit = {lang: EmotionVectors.fit(readings[lang].take(part), emotions=emotions, pcs=vec[lang].pcs).vectors
-                 for lang, part in ((a, idx[idx < n_a]), (b, idx[idx >= n_a] - n_a))}
-        return stats.rsa_stack(upper_cosines(refit[a]), upper_cosines(refit[b]))
-
-    boot = stats.bootstrap_ci(rsa_per_layer, strata, n_boot=bootstrap, seed=seed, method="basic")
-    rsa = pl.DataFrame(rsa_rows).join(pl.DataFrame({"layer": layers, "method": "spearman", "ci_low": boot.low,
-                                                    "ci_high": boot.high, "boot_mean": boot.samples.mean(0)}),
-                                      on=["layer", "method"], how="left")
-    rsa = rsa.with_columns(p_fdr=pl.Series(stats.correct(rsa["p"].to_numpy()).p_adjusted))
+    for method, test in tests.items():
+        p_fdr = stats.correct(test.p).p_adjusted  # one family per measure
+        null_low, null_high = np.quantile(test.null, [0.025, 0.975], axis=0)
+        for j, layer in enumerate(layers):
+            row = {"layer": layer, "depth": float(depth[j]), "method": method, "r": test.estimate[j],
+                   "ci_low": test.low[j], "ci_high": test.high[j], "p": test.p[j], "p_fdr": p_fdr[j],
+                   "null_low": null_low[j], "null_high": null_high[j]}
+            if method == "spearman":
+                row |= {"corrected": corrected.estimate[j], "corrected_low": corrected.low[j],
+                        "corrected_high": corrected.high[j], "reliability_" + a: corrected.reliability_a[j],
+                        "reliability_" + b: corrected.reliability_b[j], "partial": partial.estimate[j],
+                        "partial_low": partial.low[j], "partial_high": partial.high[j], "partial_p": partial.p[j],
+                        **{f"{name}_{lang}": stats.rsa(c[j], base[lang][name]) for lang, c in ((a, cos_a), (b, cos_b))
+                           for name in base[lang]}}
+            rsa_rows.append(row)
+    rsa = pl.DataFrame(rsa_rows)
     spearman = rsa.filter(pl.col("method") == "spearman")
-    best = spearman.sort("r", descending=True).row(0, named=True)
+    best = spearman.row(tests["spearman"].best, named=True) | {"p_best": tests["spearman"].p_best,
+                                                                "partial_p_best": partial.p_best}
+    stimulus = [{"rdm": name, **dict(zip(("r", "ci_low", "ci_high", "p"), (float(v[0]) for v in (
+        t.estimate, t.low, t.high, t.p))))} for name, t in ((name, stats.condition_test(
+            base[a][name], base[b][name], n_permutations=min(permutations, 2000), **boot)) for name in base[a])]
+    stimulus = pl.DataFrame(stimulus)
 
     # ---- 3. cross-layer RSA
     cross = []
@@ -113,29 +133,27 @@ def main(run: study.Run, denoise: bool, permutations: int, bootstrap: int, pca_l
         pl.col("emotion").replace_strict(emotions, list(range(len(emotions)))))
     norms = {"valence": meta["valence"].to_numpy(), "arousal": meta["arousal"].to_numpy()}
     pca_rows, points = [], []
-    for lang in run.langs:
+    for lang in run.langs:  # PC signs fixed by valence, so the two languages' PCs point the same way
         x = vec[lang].vectors[:, j].astype(np.float64)
-        targets = dict(norms)
-        for name, values in norms.items():
-            top, bottom = np.argsort(values)[-5:], np.argsort(values)[:5]
-            pole = x[top].mean(0) - x[bottom].mean(0)  # the high-minus-low pole direction of this quantity
-            targets[f"{name}_pole"] = x @ pole / np.linalg.norm(pole)
-        pca_rows += [{"lang": lang, "layer": focus, **row} for row in stats.pc_correlations(x, targets)]
-        scores = stats.pc_scores(x, n_pcs=2)
+        pca_rows += [{"lang": lang, "layer": focus, **row}
+                     for row in stats.pc_correlations(x, norms, sign_by=norms["valence"])]
+        scores = stats.pc_scores(x, n_pcs=2, sign_by=norms["valence"])
         label = meta["ja"].to_list() if lang == "ja" else emotions
         points.append(pl.DataFrame({"lang": lang, "emotion": emotions, "label": label, "pc1": scores[:, 0],
-                                    "pc2": scores[:, 1], "valence": targets["valence"]}))
+                                    "pc2": scores[:, 1], "valence": norms["valence"]}))
     pca = pl.DataFrame(pca_rows)
     clusters = {lang: stats.kmeans_labels(vec[lang].vectors[:, j], k=4, seed=seed) for lang in run.langs}
-    ari = stats.adjusted_rand(clusters[a], clusters[b])
+    agreement = stats.cluster_agreement(vec[a].vectors[:, j], vec[b].vectors[:, j], k=4, seed=seed)
     procrustes = stats.procrustes_test(vec[a].vectors[:, j], vec[b].vectors[:, j],
                                        n_permutations=min(permutations, 1000), seed=seed)
-    geo_rows = []
-    for k, layer in enumerate(layers):
-        for kind, dist in (("euclidean", stats.euclidean_distances), ("geodesic", stats.geodesic_distances)):
-            da, db = dist(vec[a].vectors[:, k]), dist(vec[b].vectors[:, k])
-            geo_rows.append({"layer": layer, "depth": float(depth[k]), "distance": kind, "r": stats.rsa(da, db)})
-    geodesic = pl.DataFrame(geo_rows)
+    dist = {kind: [np.stack([f(vec[lang].vectors[:, k]) for k in range(len(layers))]) for lang in run.langs]
+            for kind, f in (("euclidean", stats.euclidean_distances), ("geodesic", stats.geodesic_distances))}
+    geo_r = {kind: stats.rsa_stack(*pair) for kind, pair in dist.items()}
+    low, high, _ = stats.condition_bootstrap(lambda rows: stats.rsa_samples(*dist["geodesic"], rows)
+                                             - stats.rsa_samples(*dist["euclidean"], rows), len(emotions), **boot)
+    geodesic = pl.DataFrame({"layer": layers, "depth": depth, "euclidean": geo_r["euclidean"],
+                             "geodesic": geo_r["geodesic"], "difference": geo_r["geodesic"] - geo_r["euclidean"],
+                             "difference_low": low, "difference_high": high})
 
     # ---- 8. logit lens of the vectors at the focus layer; a mismatch is a token whose letters are mostly in
     # a script that is not the language's (tokens without letters are never one)
@@ -189,10 +207,14 @@ def main(run: study.Run, denoise: bool, permutations: int, bootstrap: int, pca_l
         domain=(-1, 1), sort_x=emotions, title=f"{pair} cosine per emotion ({main_variant})"))
     run.figure("emotion_cosine_by_depth", plots.lines(cos_by_depth, x="depth", y="cosine", color="variant",
                                                       title=f"Mean {pair} cosine over emotions", y_title="mean cosine"))
+    curves = pl.concat([spearman.select("depth", pl.lit(kind).alias("kind"), pl.col(col).alias("r"),
+                                        pl.col(f"{prefix}_low").alias("low"), pl.col(f"{prefix}_high").alias("high"))
+                        for kind, col, prefix in (("RSA", "r", "ci"), ("noise-corrected", "corrected", "corrected"),
+                                                  ("partial (no TF-IDF, topic)", "partial", "partial"))])
     run.figure("rsa_by_depth", plots.band(spearman, x="depth", low="null_low", high="null_high",
                                           label="permutation null, 95%")
-               + plots.lines(spearman.with_columns(kind=pl.lit("RSA, 95% bootstrap CI")), x="depth", y="r",
-                             color="kind", band=("ci_low", "ci_high"), y_title="RSA (Spearman r)",
+               + plots.lines(curves, x="depth", y="r", color="kind", band=("low", "high"),
+                             y_title="Spearman r (95% CI over emotions)",
                              title=f"{pair} RSA of emotion cosine matrices by relative depth"))
     for name in cross_layer["pair"].unique(maintain_order=True):
         run.figure(f"cross_layer_rsa_{name}", plots.heatmap(cross_layer.filter(pl.col("pair") == name), x="layer_a",
@@ -210,8 +232,9 @@ def main(run: study.Run, denoise: bool, permutations: int, bootstrap: int, pca_l
                                                              domain=(-1, 1), sort_x=ordered, sort_y=ordered,
                                                              title=f"{lang.upper()} cosine, layer {focus} "
                                                                    f"(order: {a.upper()} clustering)"))
-    run.figure("geodesic_vs_euclidean", plots.lines(geodesic, x="depth", y="r", color="distance",
-                                                    title="RSA of distance matrices by depth", y_title="RSA r"))
+    run.figure("geodesic_vs_euclidean", plots.lines(geodesic, x="depth", y="difference",
+                                                    band=("difference_low", "difference_high"), y_title="RSA r",
+                                                    title="Geodesic minus euclidean RSA (95% CI over emotions)"))
     run.figure("transfer_by_depth", plots.lines(transfer, x="depth", y="accuracy", color="direction",
                                                 title=f"Nearest-vector classification (chance {chance:.3f})"))
 
@@ -220,17 +243,21 @@ def main(run: study.Run, denoise: bool, permutations: int, bootstrap: int, pca_l
     run.report(a=a, b=b, emotions=emotions, n_stories={lang: len(readings[lang]) for lang in run.langs},
                variant=main_variant, denoise=denoise, n_pcs={lang: vec[lang].n_pcs for lang in run.langs},
                best=best, profile=cos_by_depth.filter(pl.col("variant") == main_variant).sort("layer").to_dicts(),
-               best_transfer=best_transfer, chance=chance, focus=focus, ari=ari, procrustes=procrustes,
+               best_transfer=best_transfer, chance=chance, focus=focus, agreement=agreement, procrustes=procrustes,
+               stimulus=stimulus.to_dicts(), splits=splits, geodesic=geodesic.row(j, named=True),
                pc1_valence=pca.filter((pl.col("pc") == 1) & (pl.col("target") == "valence")).to_dicts(),
                mismatch=mismatch.to_dicts(), rsa_rows=[{**r, "pearson": pearson[r["layer"]]}
                                                        for r in spearman.iter_rows(named=True)],
                lens_table=lens_table)
     summary = spearman.select("layer", pl.col("depth").round(2), pl.col("r").round(3), pl.col("ci_low").round(3),
-                              pl.col("ci_high").round(3), pl.col("p").round(5))
+                              pl.col("ci_high").round(3), pl.col("p").round(5), pl.col("corrected").round(3),
+                              pl.col("partial").round(3))
     with pl.Config(tbl_rows=100, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
         table = str(summary)
     run.done(f"\n{pair} RSA by layer ({model.name}):\n{table}",
-             f"best: layer {best['layer']} (depth {best['depth']:.2f}) r={best['r']:.3f} p={best['p']:.2g}; "
+             f"best: layer {best['layer']} (depth {best['depth']:.2f}) r={best['r']:.3f} "
+             f"[{best['ci_low']:.3f}, {best['ci_high']:.3f}] p(best of {len(layers)})={best['p_best']:.2g}; "
+             f"partial r={best['partial']:.3f}; TF-IDF r={stimulus['r'][0]:.3f}; "
              f"transfer {best_transfer['direction']} {best_transfer['accuracy']:.3f} (chance {chance:.3f})")
 
 

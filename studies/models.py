@@ -5,8 +5,10 @@
 
 Per model, language and layer: the 30x30 cosine matrix (RDM) of the centered emotion vectors, raw and denoised. Per
 pair of models and shared language: RSA of every (layer_a, layer_b), the best pair and the mean at matched depth, with
-label-permutation p and bootstrap CIs over stories, against (a) lexical (input embeddings), (b) random-init twins and
-(c) shuffled-label baselines. Valence axis: PC1 at each model's best layer. Writes outputs/models/<a>__<b>[__...]/.
+label-permutation p (max over the grid for the best pair) and bootstrap CIs over emotions (the best pair re-chosen in
+each replicate); the partial RSA without the stimulus (TF-IDF, topic design) and lexical (input-embedding) RDMs, raw and
+over the models' noise ceilings; against (a) lexical, (b) random-init twins and (c) shuffled-label baselines. Valence
+axis: PC1 at each model's best layer. Writes outputs/models/<a>__<b>[__...]/.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ import polars as pl
 import torch
 from tqdm.auto import tqdm
 
-from emonn import EmonnError, corpus, extract, models, plots, runs, stats, study
+from emonn import EmonnError, baselines, corpus, extract, models, plots, runs, stats, study
 from emonn.readings import Readings
 from emonn.vectors import EmotionVectors
 
 KINDS = ("model", "random init", "input embedding")
+SPLITS = 5  # random split-halves of each emotion's stories per noise ceiling
 REMOTE_RECIPE = ("python studies/models.py --model meta-llama/Llama-3.1-8B "
                  "--model meta-llama/Llama-3.1-8B-Instruct --remote")
 #: One model (or baseline) reading one language's stories. gram: variant -> `(n_layers, n, n)` inner products of the
@@ -57,14 +60,12 @@ def matched(depth_a: np.ndarray, depth_b: np.ndarray) -> tuple[np.ndarray, np.nd
               help="Also compare vectors with the neutral texts' top PCs (50% of their variance) projected out.")
 @click.option("--random-init/--no-random-init", "random_baseline", default=True, show_default=True,
               help="The architecture baseline: a random-weight copy of each model reads the same texts.")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True, help="Local "
-              "models' dtype; float32 shares the other studies' cache, bfloat16 reads 2-2.5x as fast on AMX CPUs.")
 @click.option("--random-init-dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto",
               show_default=True, help="The twins' dtype; auto: bfloat16 where this machine multiplies it 2x as fast.")
 @click.option("--permutations", default=10_000, show_default=True, help="Label permutations per RSA test.")
-@click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples of the stories.")
+@click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples of the emotions.")
 @click.option("--shuffles", default=200, show_default=True, help="Story-label shuffles (baseline c).")
-def main(run: study.Run, denoise: bool, random_baseline: bool, dtype: str, random_init_dtype: str, permutations: int,
+def main(run: study.Run, denoise: bool, random_baseline: bool, random_init_dtype: str, permutations: int,
          bootstrap: int, shuffles: int) -> None:
     names, remote, context = run.options["model"], run.options["remote"], click.get_current_context()
     skipped = models.installed()[1] if context.get_parameter_source("model").name == "DEFAULT" else []
@@ -73,8 +74,6 @@ def main(run: study.Run, denoise: bool, random_baseline: bool, dtype: str, rando
                          f"({'; '.join(skipped) or 'pass --model twice'})")
     if min(bootstrap, shuffles, permutations) < 10:
         raise EmonnError("--bootstrap, --shuffles and --permutations need at least 10 draws each")
-    if dtype != "float32" and not remote:  # the harness loads float32, the dtype of the cache the studies share
-        run.models = [models.load(name, dtype=getattr(torch, dtype)) for name in names]
     loaded, with_random = dict(zip(names, run.models)), random_baseline and not remote
     present = [set(frame["emotion"]) for frame in map(run.stories, run.langs)]
     emotions = [e for e in corpus.emotion_names() if all(e in found for found in present)]  # in corpus order
@@ -120,14 +119,21 @@ def main(run: study.Run, denoise: bool, random_baseline: bool, dtype: str, rando
                         "depth": float(g.depth[i]), "r": float(r[i])} for base, r in against.items()
                        for i, layer in enumerate(g.layers)]
 
-    # ---- per pair: RSA grid, label-permutation tests, the statistics with the stories' labels shuffled (baseline c:
-    # ---- one shuffle for both), a bootstrap over stories (within emotion) of them and their margins over (a), (b)
-    rng, per = np.random.default_rng(run.seed), 3 if with_random else 2  # per statistic: RSA and its margins
+    # ---- per pair: RSA grid and label-permutation tests (the best pair pays for its choice: max over the grid), the
+    # ---- statistics with the stories' labels shuffled (baseline c: one shuffle for both), and with the emotions as the
+    # ---- unit: bootstrap CIs of the raw RSA, of the partial RSA without the stimulus (TF-IDF, topic) and lexical RDMs,
+    # ---- and of that partial RSA over the models' noise ceilings (split halves), the best cell re-chosen per replicate
+    rng = np.random.default_rng(run.seed)
     orders = {lang: np.stack([rng.permutation(len(labels[lang])) for _ in range(shuffles)]) for lang in run.langs}
+    stimulus = {lang: baselines.stimulus(stories[lang], emotions) for lang in run.langs}
+    splits = {lang: [stats.split_halves(labels[lang], rng) for _ in range(SPLITS)] for lang in run.langs}
+    halves = {(key, v): np.stack([[stats.class_mean_cosines(geo[key].gram[v], labels[key[2]], resamples=half[None])[0]
+                                   for half in split] for split in splits[key[2]]])
+              for key in geo if key[1] == "model" for v in variants}  # (splits, 2, n_layers, n, n)
     for (a, b, lang), variant in tqdm(list(itertools.product(pairs, variants)), desc="RSA grids, nulls, bootstrap"):
         ga, gb = geo[a, "model", lang], geo[b, "model", lang]
-        test = stats.rsa_grid_test(cos[(a, "model", lang), variant], cos[(b, "model", lang), variant],
-                                   n_permutations=permutations, seed=run.seed)
+        ca, cb = cos[(a, "model", lang), variant], cos[(b, "model", lang), variant]
+        test = stats.rsa_grid_test(ca, cb, n_permutations=permutations, seed=run.seed)
         (la, lb), (ia, ib) = np.unravel_index(np.argmax(test.grid), test.grid.shape), matched(ga.depth, gb.depth)
         observed[a, b, lang, variant], cells = test.grid, [(np.array([la]), np.array([lb])), (ia, ib)]
         grid = {kind: np.broadcast_to(rdm[(a, kind, lang), variant] @ rdm[(b, kind, lang), variant].T,
@@ -142,38 +148,40 @@ def main(run: study.Run, denoise: bool, random_baseline: bool, dtype: str, rando
             lang][chunk])) for chunk in np.array_split(orders[lang], -(-shuffles // 50))]) for m in (a, b)]
         statistics = (lambda g: g.max((-2, -1)), lambda g: g[..., ia, ib].mean(-1))  # of grids (..., L_a, L_b)
         nulls = [statistic(v[0] @ v[1].transpose(0, 2, 1)) for statistic in statistics]  # (shuffles,) each
+        controls = np.stack([*stimulus[lang].values(), *(cos[(m, "input embedding", lang), variant][0] for m in (a, b))])
+        ceilings = [halves[(m, "model", lang), variant] for m in (a, b)]
 
-        def values(resamples: np.ndarray) -> np.ndarray:  # (1 + n_boot, 2 statistics x per)
-            out = []
-            for chunk in np.array_split(resamples, -(-len(resamples) // 200)):
-                v = {kind: [stats.rsa_vectors(stats.class_mean_cosines(geo[m, kind, lang].gram[variant], labels[lang],
-                                                                       resamples=chunk)) for m in (a, b)]
-                     for kind in kinds}
-                r = {kind: [(v[kind][0][:, i] * v[kind][1][:, j]).sum(-1).mean(-1) for i, j in cells]
-                     for kind in kinds[:-1]}
-                lexical = (v["input embedding"][0][:, 0] * v["input embedding"][1][:, 0]).sum(-1)
-                out.append(np.stack([x for j in (0, 1) for x in [r["model"][j], r["model"][j] - lexical] + (
-                    [r["model"][j] - r["random init"][j]] if with_random else [])], 1))
-            return np.concatenate(out)
+        def emotion_unit(rows: np.ndarray) -> np.ndarray:  # (R, 6): best pair and matched depth of raw/partial/corrected
+            raw = stats.rsa_grid_samples(ca, cb, rows)
+            partial = stats.rsa_grid_samples(ca, cb, rows, controls=controls)
+            rel = [stats.spearman_brown(np.mean([stats.rsa_samples(h[0], h[1], rows) for h in c], 0)) for c in ceilings]
+            with np.errstate(invalid="ignore"):
+                corrected = np.where((rel[0][:, :, None] > 0) & (rel[1][:, None] > 0),
+                                     partial / np.sqrt(rel[0][:, :, None] * rel[1][:, None]), np.nan)
+            best = lambda g: np.fmax.reduce(g.reshape(len(g), -1), axis=1)  # noqa: E731 - NaN only if all are
+            return np.stack([f(g) for f in (best, lambda g: g[:, ia, ib].mean(1)) for g in (raw, partial, corrected)], 1)
 
-        ci = stats.bootstrap_ci(values, labels[lang], n_boot=bootstrap, seed=run.seed, method="basic", vectorized=True)
-        bound = np.tile([1, 2, 2][:per], 2)  # RSA in [-1, 1], margins in [-2, 2]: basic CIs can overshoot
-        low, high = (np.clip(x, -bound, bound).reshape(2, per) for x in (ci.low, ci.high))
+        estimate = emotion_unit(np.arange(len(emotions))[None])[0]
+        low, high, _ = stats.condition_bootstrap(emotion_unit, len(emotions), n_boot=bootstrap, seed=run.seed)
         p = [stats.permutation_p(statistic(test.grid), statistic(test.null)) for statistic in statistics]
-        for j, (lo, hi, null) in enumerate(zip(low, high, nulls)):  # the best pair, matched depth
-            best, r = j == 0, float(test.grid[cells[j]].mean())
+        for j, null in enumerate(nulls):  # the best pair, matched depth
+            best, r, at = j == 0, float(test.grid[cells[j]].mean()), slice(3 * j, 3 * j + 3)
             where = (ga.layers[la], gb.layers[lb], float(ga.depth[la]), float(gb.depth[lb])) if best else (None,) * 4
             row = {"model_a": a, "model_b": b, "lang": lang, "variant": variant,
                    "statistic": "best pair" if best else "matched depth",
-                   **dict(zip(("layer_a", "layer_b", "depth_a", "depth_b"), where)), "rsa": r, "ci_low": lo[0],
-                   "ci_high": hi[0], "p": p[j], "p_cell": stats.permutation_p(test.grid[la, lb], test.null[:, la, lb])
-                   if best else None, "lexical": float(grid["input embedding"][0, 0]), "over_lexical_low": lo[1],
-                   "over_lexical_high": hi[1]}
-            row |= {"random_init": float(grid["random init"][cells[j]].mean()), "over_random_low": lo[2],
-                    "over_random_high": hi[2]} if with_random else {}
-            row |= {"shuffled_mean": float(null.mean()), "shuffled_q95": float(np.quantile(null, 0.95)),
-                    "p_shuffled": (null_p := stats.permutation_p(r, null))}
-            hits = {"lexical": lo[1] <= 0, "random init": with_random and lo[-1] <= 0, "shuffled labels": null_p > 0.05}
+                   **dict(zip(("layer_a", "layer_b", "depth_a", "depth_b"), where)), "rsa": r, "p": p[j],
+                   "p_cell": stats.permutation_p(test.grid[la, lb], test.null[:, la, lb]) if best else None,
+                   **{f"{name}{end}": float(x) for values, end in ((estimate, ""), (low, "_low"), (high, "_high"))
+                      for name, x in zip(("rsa_emotions", "partial", "corrected"), values[at])},
+                   "lexical": float(grid["input embedding"][0, 0]),
+                   **({"random_init": float(grid["random init"][cells[j]].mean())} if with_random else {}),
+                   "shuffled_mean": float(null.mean()), "shuffled_q95": float(np.quantile(null, 0.95)),
+                   "p_shuffled": (null_p := stats.permutation_p(r, null))}
+            row |= {"ci_low": row.pop("rsa_emotions_low"), "ci_high": row.pop("rsa_emotions_high")}
+            del row["rsa_emotions"]  # the same number as rsa
+            hits = {"stimulus and lexical RDMs": row["partial_low"] <= 0,
+                    "random init": with_random and row["random_init"] >= row["ci_low"],
+                    "shuffled labels": null_p > 0.05}
             rows.append(row | {"reached_by": ", ".join(base for base, hit in hits.items() if hit)})
     grids, curves, per_model, pairwise = map(pl.DataFrame, (grid_rows, curve_rows, model_rows, rows))
 
@@ -217,7 +225,8 @@ def main(run: study.Run, denoise: bool, random_baseline: bool, dtype: str, rando
         title=f"{a} vs {b}, {lang.upper()}: RSA at matched depth") for a, b, lang in pairs], columns=2))
     shown = pairwise.filter(variant=main_variant).with_columns(
         comparison=pl.format("{} × {} ({})", "model_a", "model_b", "lang"))
-    measures = {"models": ("rsa", "ci_low", "ci_high"), "input embedding": ("lexical",) * 3, "shuffled labels, 95%": (
+    measures = {"models": ("rsa", "ci_low", "ci_high"), "models, partial": ("partial", "partial_low", "partial_high"),
+                "input embedding": ("lexical",) * 3, "shuffled labels, 95%": (
         "shuffled_q95",) * 3, **({"random init": ("random_init",) * 3} if with_random else {})}
     bars = pl.concat([shown.select("comparison", "statistic", kind=pl.lit(kind), r=pl.col(r), low=pl.col(low),
                                    high=pl.col(high)) for kind, (r, low, high) in measures.items()])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
 import torch
@@ -69,7 +70,8 @@ def _tiny_hf(arch: str, vocab_size: int = len(WORDS) + 4):
 def tiny_model(arch: str = "llama", bos: bool = False, byte_level: bool = False) -> models.Model:
     """A random-weight 4-layer, d=32 model; `byte_level` gives it a tokenizer that reads any language."""
     tokenizer = tiny_tokenizer(bos=bos, byte_level=byte_level)
-    return models.wrap(_tiny_hf(arch, len(tokenizer)), tokenizer, name=f"tiny-{arch}")
+    hf = _tiny_hf(arch, len(tokenizer)).to(getattr(torch, os.environ.get("EMONN_TEST_DTYPE", "float32")))
+    return models.wrap(hf, tokenizer, name=f"tiny-{arch}")
 
 
 @pytest.fixture

@@ -21,9 +21,10 @@ def study(name: str):
 
 
 def corpus_slice(path: Path, *, emotions: int = 6, per: int = 2, langs=("en", "ja")) -> Path:
-    """A small valid corpus file: the first `per` stories of the first `emotions` emotions per language."""
+    """A small valid corpus file: the first `per` stories of the first `emotions` emotions per language, each on
+    a topic of its own."""
     names = corpus.emotion_names()[:emotions]
-    frame = corpus.load(langs=list(langs), emotions=names)
+    frame = corpus.load(langs=list(langs), emotions=names).unique(["lang", "emotion", "topic"], maintain_order=True)
     frame = frame.group_by("lang", "emotion", maintain_order=True).head(per)
     frame.write_ndjson(path)
     return path

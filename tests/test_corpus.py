@@ -54,16 +54,35 @@ def test_shipped_corpus_passes_validation():
 
 
 @shipped
-def test_shipped_corpus_has_the_counts_the_issue_asks_for():
+def test_shipped_corpus_follows_its_design():
+    """>= 24 stories per emotion and language on the seeded design's topics; >= 60 neutral texts per language."""
     stories, neutral = corpus.read(STORIES), corpus.read(NEUTRAL)
-    for lang in ("en", "ja"):
-        part = stories.filter(pl.col("lang") == lang)
-        counts = part.group_by("emotion").len()
-        assert set(counts["emotion"]) == set(corpus.emotion_names()), lang
-        assert counts["len"].min() >= 12, lang
-        assert neutral.filter(pl.col("lang") == lang).height >= 60, lang
-    shared = set(stories.filter(pl.col("lang") == "en")["topic"]) & set(stories.filter(pl.col("lang") == "ja")["topic"])
-    assert len(shared) >= 24 and shared <= set(corpus.topics()["topic"])
+    counts = stories.group_by("lang", "emotion", "topic").len().rename({"len": "stories"})
+    design = corpus.design()
+    assert counts.join(design, on=["lang", "emotion", "topic", "stories"], how="anti").is_empty()
+    assert design.join(counts, on=["lang", "emotion", "topic", "stories"], how="anti").is_empty()
+    per = stories.group_by("lang", "emotion").len()
+    assert per.height == 60 and per["len"].min() >= 24 and stories.height >= 1440
+    assert all(neutral.filter(pl.col("lang") == lang).height >= 60 for lang in ("en", "ja"))
+
+
+def test_design_is_balanced_seeded_and_shares_no_topic_pattern_across_languages():
+    from emonn import baselines
+
+    design = corpus.design()
+    assert design.equals(corpus.design()) and not design.equals(corpus.design(seed=1))
+    for lang in ("en", "ja"):  # every topic serves equally many emotions, every emotion has the same topic count
+        part = design.filter(pl.col("lang") == lang)
+        assert part.group_by("topic").len()["len"].n_unique() == 1
+        assert part.group_by("emotion").len()["len"].unique().to_list() == [corpus.TOPICS_PER_EMOTION]
+    # the stories of one emotion in the two languages never share a topic
+    assert design.filter(pl.col("lang") == "en").join(design.filter(pl.col("lang") == "ja"),
+                                                      on=["emotion", "topic"]).is_empty()
+    # the emotion x emotion topic-overlap patterns of the languages are unrelated (|Spearman| < 0.2)
+    rows = design.select("lang", "emotion", "topic", pl.int_ranges("stories").alias("copy")).explode("copy")
+    names = corpus.emotion_names()
+    sims = [baselines.topic_similarity(rows.filter(pl.col("lang") == lang), names) for lang in ("en", "ja")]
+    assert abs(stats.rsa(*sims)) < 0.2
 
 
 @shipped

@@ -1,4 +1,5 @@
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -99,11 +100,14 @@ def test_random_init_twin_names_its_own_cache():
     twin = models.random_init(model, seed=3, dtype=torch.bfloat16, initialise=False)  # undrawn: only its names
     assert (twin.name, twin.slug, twin.dtype) == ("org/tiny-random-init-seed3", "org--tiny-random-init-seed3",
                                                   torch.bfloat16)
-    # the folder the models study has always used: outputs/cache/<slug>-random-init-seed<seed>/mean-k<start>-<dtype>
+    # outputs/cache/<slug>-random-init-seed<seed>/mean-k<start>-<dtype>-<fingerprint>; the twin's fingerprint
+    # follows from the trained model's and the seed, whether or not its weights were drawn
+    drawn = models.random_init(model, seed=3, dtype=torch.bfloat16)
+    assert twin.fingerprint == drawn.fingerprint != model.fingerprint
     assert runs.activation_cache(Path("out"), twin, "mean", 20).folder == Path(
-        "out/cache/org--tiny-random-init-seed3/mean-k20-bfloat16")
+        f"out/cache/org--tiny-random-init-seed3/mean-k20-bfloat16-{twin.fingerprint}")
     assert runs.activation_cache(Path("out"), model, "mean", 20, embedding=True).folder == Path(
-        "out/cache/org--tiny/embedding-mean-k20-float32")
+        f"out/cache/org--tiny/embedding-mean-k20-float32-{model.fingerprint}")
     with pytest.raises(EmonnError, match="no random-init twin of the NDIF-hosted"):
         models.random_init(model.with_remote(True), seed=0)
 
@@ -127,3 +131,48 @@ def test_embedded_model_loads_from_cache(smollm2):
     assert (smollm2.n_layers, smollm2.d_model, smollm2.slug) == (30, 576, "smollm2-135m")
     assert (models.cache_dir() / "models" / "smollm2-135m" / "model.safetensors").exists()
     assert smollm2.tokenizer.padding_side == "left"
+
+
+def test_devices_and_dtypes_are_checked_in_one_line(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert models.resolve_device("auto") == "cpu" and models.resolve_device("cpu") == "cpu"
+    with pytest.raises(EmonnError, match="torch sees no CUDA GPU"):
+        models.resolve_device("cuda:1")
+    with pytest.raises(EmonnError, match="unknown device 'tpu'"):
+        models.resolve_device("tpu")
+    with pytest.raises(EmonnError, match="unknown dtype 'int8'"):
+        models.load("smollm2-135m", dtype="int8")
+
+
+def _saved(folder, seed: int):
+    from conftest import tiny_model
+
+    torch.manual_seed(seed)
+    model = tiny_model("llama")
+    model.hf.save_pretrained(folder)
+    model.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_fingerprint_tells_same_named_models_apart_and_dtype_names_load(tmp_path):
+    a = models.load(str(_saved(tmp_path / "a" / "model", 0)))
+    b = models.load(str(_saved(tmp_path / "b" / "model", 1)))
+    assert a.name == b.name == "model" and a.fingerprint != b.fingerprint
+    assert models.load(str(tmp_path / "a" / "model")).fingerprint == a.fingerprint
+    assert models.load(str(tmp_path / "a" / "model"), dtype="bfloat16").dtype == torch.bfloat16
+
+
+def test_auto_dtype_takes_bfloat16_only_where_fast_and_measured_equal(tmp_path, monkeypatch):
+    folder = str(_saved(tmp_path / "m", 0))
+    monkeypatch.setattr(models, "cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(models, "bfloat16_faster", lambda device, dtype: False)
+    assert models.load(folder, dtype="auto").dtype == torch.float32  # not native: float32, nothing measured
+    assert not (tmp_path / "cache" / "bf16_agreement.json").exists()
+    monkeypatch.setattr(models, "bfloat16_faster", lambda device, dtype: True)
+    loaded = models.load(folder, dtype="auto")
+    record = json.loads((tmp_path / "cache" / "bf16_agreement.json").read_text())
+    (key, cosine), = record.items()
+    assert key == f"{loaded.slug}-{models.load(folder).fingerprint}" and 0.9 < cosine <= 1.0 + 1e-6
+    assert loaded.dtype == (torch.bfloat16 if cosine >= models.BF16_AGREEMENT else torch.float32)
+    (tmp_path / "cache" / "bf16_agreement.json").write_text(json.dumps({key: 0.99}))  # measured unequal: float32
+    assert models.load(folder, dtype="auto").dtype == torch.float32

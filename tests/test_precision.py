@@ -96,7 +96,7 @@ def test_variants_yield_each_arithmetic_with_its_cache_suffix(tiny, monkeypatch)
     from emonn import models
 
     twin = models.wrap(copy.deepcopy(tiny.hf).to(torch.bfloat16), tiny.tokenizer, name=tiny.name)
-    monkeypatch.setattr(models, "load", lambda name, remote=False, dtype=torch.float32: twin)
+    monkeypatch.setattr(models, "load", lambda name, remote=False, dtype=torch.float32, **kw: twin)
     check = pl.DataFrame([{"module": n, "type": "Q8_0", "dequantized": 0.0, "requantized": 0.0}
                           for n in linear_names(tiny)], schema=precision.CHECK_SCHEMA)
     before = extract.activations(tiny, SENTENCES, start=0, progress=False)

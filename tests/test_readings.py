@@ -48,6 +48,15 @@ def test_resample_keeps_every_stratum_and_is_seeded():
     assert np.array_equal(index, r.resample(np.random.default_rng(1)))
 
 
+def test_halves_split_every_stratum_in_two():
+    r = make(n_per=5)
+    first, second = r.halves(np.random.default_rng(2))
+    assert sorted(np.concatenate([first, second]).tolist()) == list(range(len(r)))  # a partition
+    for label in np.unique(r.strata()):
+        assert (r.strata()[first] == label).sum() == 2 and (r.strata()[second] == label).sum() == 3
+    assert not np.array_equal(first, r.halves(np.random.default_rng(3))[0])
+
+
 def test_centering_matches_the_emotion_vectors():
     r = make().select(lang="en")
     vectors = EmotionVectors.fit(r)

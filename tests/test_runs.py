@@ -51,3 +51,24 @@ def test_command_prints_emonn_errors_on_one_line():
     result = CliRunner().invoke(fails)
     assert result.exit_code == 1
     assert result.output == "Error: emotion 'glee' not in corpus\n"
+
+
+def test_a_damaged_chunk_is_set_aside_and_its_texts_recomputed(tmp_path, monkeypatch):
+    from emonn import extract
+    from conftest import SENTENCES, tiny_model
+
+    model, cache = tiny_model("llama"), ActivationCache(tmp_path / "c")
+    first = extract.activations(model, SENTENCES[:3], cache=cache, progress=False)
+    extract.activations(model, SENTENCES[3:6], cache=cache, progress=False)  # a second chunk
+    chunk = next(p for p in cache.folder.glob("*.npz") if set(np.load(p)["keys"]) >= {extract.text_key(SENTENCES[0])})
+    chunk.write_bytes(chunk.read_bytes()[:100])  # a copy cut short
+    read = []
+    forward = extract.forward_pooled
+    monkeypatch.setattr(extract, "forward_pooled", lambda m, ids, **k: read.append(len(ids)) or forward(m, ids, **k))
+    with pytest.warns(UserWarning, match="damaged cache file .* set aside"):
+        again = extract.activations(model, SENTENCES[:6], cache=cache, progress=False)
+    assert sum(read) == 3 and np.allclose(again[:3], first, atol=1e-5)  # only the lost chunk's texts
+    assert chunk.with_name(chunk.name + ".broken").exists() and not chunk.exists()
+    read.clear()
+    extract.activations(model, SENTENCES[:6], cache=cache, progress=False)
+    assert read == []  # recomputed texts were stored again

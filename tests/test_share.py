@@ -64,7 +64,7 @@ def test_build_saves_vectors_and_a_card(tmp_path, tiny, files, monkeypatch):
     monkeypatch.setattr(extract, "forward_pooled", lambda *a, **k: pytest.fail("recomputed cached activations"))
     again = share.build(tiny, "en", corpus=stories, neutral=neutral, out=tmp_path / "out", progress=False)
     assert np.array_equal(again.vectors.vectors, v.vectors)
-    assert (tmp_path / "out" / "cache" / "tiny-llama" / "mean-k20-float32").is_dir()
+    assert (tmp_path / "out" / "cache" / "tiny-llama" / f"mean-k20-float32-{tiny.fingerprint}").is_dir()
 
 
 def test_build_without_denoising(tmp_path, tiny, files):
@@ -202,7 +202,7 @@ def test_real_build_and_gguf_on_smollm2(tmp_path, smollm2):
     print(f"\nemonn vectors build (smollm2-135m, en, no cache): {seconds:.0f} s\n{result.output}")
     folder = tmp_path / "vectors" / "smollm2-135m-en"
     v = EmotionVectors.load(folder)
-    assert v.vectors.shape == (30, 30, 576) and v.meta["n_texts"] == 360 and all(n >= 1 for n in v.n_pcs)
+    assert v.vectors.shape == (30, 30, 576) and v.meta["n_texts"] == 720 and all(n >= 1 for n in v.n_pcs)
     assert v.meta["best_accuracy"] > 3 * v.meta["chance"]  # 30 emotions: chance 1/30
     assert invoke(main, ["vectors", "export", str(folder), "--emotion", "afraid"]).exit_code == 0
     fields, tensors = _read_gguf(folder / "afraid.gguf")

@@ -69,10 +69,10 @@ def test_shared_options_config_units_and_report(tmp_path, toy):
     assert invoke(main, args).exit_code == 0 and json.loads((folder / "config.json").read_text())["calls"] == 0
     (unit,) = (folder / "units").glob("count-*.parquet")
     unit.write_bytes(b"not parquet")
-    with pytest.warns(UserWarning, match="damaged unit"):
+    with pytest.warns(UserWarning, match="damaged cache file"):
         assert invoke(main, args).exit_code == 0
     assert json.loads((folder / "config.json").read_text())["calls"] == 1
-    assert unit.with_suffix(".broken").exists() and pl.read_parquet(unit)["n"].to_list() == [12]
+    assert unit.with_name(unit.name + ".broken").exists() and pl.read_parquet(unit)["n"].to_list() == [12]
 
 
 @pytest.mark.parametrize("args, message", [

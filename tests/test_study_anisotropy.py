@@ -88,7 +88,7 @@ def test_bad_options_end_in_one_line(tmp_path, tiny_models, args, message):
 
 
 def test_topics_too_few_for_the_direction_folds(tmp_path, tiny_models):
-    stories = corpus_slice(tmp_path / "few.jsonl", emotions=3, per=4, langs=("en",))  # 'afraid' has 1 in a half
+    stories = corpus_slice(tmp_path / "few.jsonl", emotions=3, per=3, langs=("en",))  # 3 topics: 1 in a half
     neutral = neutral_slice(tmp_path / "neutral.jsonl", per=8, langs=("en",))
     result = invoke(anisotropy.main, ["--model", "llama", "--langs", "en", "--corpus", str(stories), "--neutral",
                                       str(neutral), "--out", str(tmp_path)])

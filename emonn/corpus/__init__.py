@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from emonn import EmonnError
@@ -47,6 +48,32 @@ def forbidden() -> dict[str, dict[str, list[str]]]:
 
 def topics() -> pl.DataFrame:
     return pl.read_csv(HERE / "topics.csv")
+
+
+#: The shipped corpus's design: per language, each emotion gets TOPICS_PER_EMOTION of the 60 topics at random
+#: (balanced: every topic serves the same number of emotions), STORIES_PER_TOPIC stories on each.
+TOPICS_PER_EMOTION, STORIES_PER_TOPIC, DESIGN_SEED = 12, 2, 0
+
+
+def design(seed: int = DESIGN_SEED, langs: tuple[str, ...] = ("en", "ja")) -> pl.DataFrame:
+    """The topic assignment (lang, emotion, topic, stories): drawn for each language independently, except
+    that the stories of one emotion in two languages never share a topic, so a language's emotion × emotion
+    topic-overlap pattern carries no information about another's (`topic_similarity`)."""
+    names, pool = emotion_names(), topics()["topic"].to_list()
+    rng, taken = np.random.default_rng(seed), np.zeros((len(names), len(pool)), bool)
+    rows = []
+    for lang in langs:
+        while True:  # least-used topics first with random ties; redrawn until every topic serves equally many
+            chosen, load = np.zeros_like(taken), np.zeros(len(pool))
+            for e in rng.permutation(len(names)):
+                free = np.flatnonzero(~taken[e])
+                pick = free[np.argsort(load[free] + rng.random(free.size))[:TOPICS_PER_EMOTION]]
+                chosen[e, pick], load[pick] = True, load[pick] + 1
+            if load.min() == load.max():
+                break
+        taken |= chosen
+        rows += [(lang, names[e], pool[t], STORIES_PER_TOPIC) for e, t in zip(*np.nonzero(chosen))]
+    return pl.DataFrame(rows, schema=["lang", "emotion", "topic", "stories"], orient="row")
 
 
 def behaviours() -> pl.DataFrame:

@@ -3,15 +3,19 @@ effect sizes, label separation, Procrustes alignment, manifold distances, cluste
 correlations, quadratic depth profiles and pairwise-preference models.
 
 All functions are pure: numpy in, numpy (or small frozen dataclasses) out. The code lives in one
-module per topic (`inference`, `similarity`, `separation`, `geometry`, `depth`, `preferences`; shared
+module per topic (`inference`, `similarity`, `conditions`, `separation`, `geometry`, `depth`, `preferences`; shared
 input checks in `_common`); every public name is re-exported here, so `from emonn import stats` and
 `stats.rsa_test(...)` is the way to use them.
 """
 
 from ._common import Alternative, Method
+from .conditions import (
+    ConditionTest, NoiseCorrected, condition_bootstrap, condition_test, noise_corrected, rsa_grid_samples, rsa_samples, spearman_brown,
+    split_halves,
+)
 from .depth import Peak, QuadraticFit, peak, quadratic_vertex
 from .geometry import (
-    adjusted_rand, euclidean_distances, geodesic_distances, hierarchical_order, kmeans_labels, pc_correlations,
+    ClusterAgreement, adjusted_rand, cluster_agreement, euclidean_distances, geodesic_distances, hierarchical_order, kmeans_labels, pc_correlations,
     pc_scores, procrustes_test,
 )
 from .inference import (
@@ -37,12 +41,14 @@ __all__ = [
     # similarity (RSA)
     "cosine_matrix", "upper", "rsa", "rsa_stack", "rsa_test", "class_mean_cosines", "rsa_vectors", "rsa_grid",
     "GridTest", "rsa_grid_test",
+    # conditions (emotions as the unit)
+    "rsa_samples", "rsa_grid_samples", "split_halves", "condition_bootstrap", "ConditionTest", "condition_test", "spearman_brown", "NoiseCorrected", "noise_corrected",
     # separation
     "Separation", "between_within_ratio", "transfer_accuracy", "nearest_centroid_accuracy", "silhouette",
     "SeparationScores", "LayerTest", "mean_pairwise_cosine", "separation_scores", "separation_permutation_test",
     "direction_test",
     # geometry
-    "procrustes_test", "euclidean_distances", "geodesic_distances", "kmeans_labels", "adjusted_rand",
+    "procrustes_test", "ClusterAgreement", "cluster_agreement", "euclidean_distances", "geodesic_distances", "kmeans_labels", "adjusted_rand",
     "hierarchical_order", "pc_scores", "pc_correlations",
     # depth
     "QuadraticFit", "quadratic_vertex", "Peak", "peak",

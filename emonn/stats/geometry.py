@@ -1,10 +1,13 @@
 """Geometry of a set of representations beyond pairwise cosines: leave-one-out orthogonal (Procrustes)
 alignment between two row-matched sets with a permutation test, Euclidean and Isomap-style geodesic
-distances, k-means labels and the adjusted Rand index, the leaf order of average-linkage clustering, and
+distances, k-means labels and the adjusted Rand index (and the agreement of two clusterings against a
+permutation null, with their stability over seeds), the leaf order of average-linkage clustering, and
 principal-component scores and their correlations with targets.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
@@ -90,6 +93,49 @@ def adjusted_rand(a: np.ndarray, b: np.ndarray) -> float:
     return float(adjusted_rand_score(np.asarray(a), np.asarray(b)))
 
 
+@dataclass(frozen=True)
+class ClusterAgreement:
+    ari: float  # mean over k-means seeds of the adjusted Rand index between the two clusterings
+    p: float  # permutation p: b's items relabelled (the same relabelling for every seed)
+    null_high: float  # 95th percentile of the null mean ARI
+    stability_a: float  # mean ARI between the clusterings of a under different seeds (1 = always the same)
+    stability_b: float
+    seeds_range: tuple[float, float]  # lowest and highest ARI between a and b over the seeds
+
+
+def _adjusted_rand_many(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Adjusted Rand index of labels a `(n,)` against each row of b `(P, n)` (ints from 0), from the
+    contingency tables: `(P,)`, equal to sklearn's."""
+    ta = np.eye(a.max() + 1)[a]  # (n, ka)
+    tb = np.eye(b.max() + 1)[b]  # (P, n, kb)
+    table = np.einsum("ni,pnj->pij", ta, tb)
+    pairs = lambda m: (m * (m - 1) / 2).sum(axis=tuple(range(1, m.ndim)))  # noqa: E731
+    index, rows, cols = pairs(table), pairs(table.sum(2)), pairs(table.sum(1))
+    expected = rows * cols / (len(a) * (len(a) - 1) / 2)
+    top = (rows + cols) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(top == expected, 1.0, (index - expected) / (top - expected))
+
+
+def cluster_agreement(x_a: np.ndarray, x_b: np.ndarray, *, k: int = 4, seeds: int = 10,
+                      n_permutations: int = 1000, seed: int = 0) -> ClusterAgreement:
+    """Agreement of the k-means clusterings of the same items in two spaces x_a `(n, d_a)` and x_b `(n, d_b)`:
+    the adjusted Rand index averaged over `seeds` k-means runs (different seeds for the two spaces: one seed
+    starts both from the same items, which alone makes unrelated clusterings agree), against a permutation
+    null (ARI is 0 only in expectation; with few items its null spread is wide), with each space's
+    stability over seeds."""
+    la = np.array([kmeans_labels(x_a, k=k, seed=seed + s) for s in range(seeds)])
+    lb = np.array([kmeans_labels(x_b, k=k, seed=seed + seeds + s) for s in range(seeds)])
+    cross = np.array([_adjusted_rand_many(a, b[None])[0] for a, b in zip(la, lb)])
+    perms = np.random.default_rng(seed).permuted(np.tile(np.arange(la.shape[1]), (n_permutations, 1)), axis=1)
+    null = np.mean([_adjusted_rand_many(a, b[perms]) for a, b in zip(la, lb)], axis=0)
+    within = [np.mean([_adjusted_rand_many(ls[i], ls[i + 1:]).mean() for i in range(seeds - 1)])
+              if seeds > 1 else 1.0 for ls in (la, lb)]
+    mean = float(cross.mean())
+    return ClusterAgreement(mean, permutation_p(mean, null), float(np.quantile(null, 0.95)), float(within[0]),
+                            float(within[1]), (float(cross.min()), float(cross.max())))
+
+
 def hierarchical_order(sim: np.ndarray) -> np.ndarray:
     """Leaf order `(n,)` of average-linkage clustering on distance 1 - sim, sim `(n, n)`."""
     sim = _matrix(sim, "sim", square=True)
@@ -98,22 +144,30 @@ def hierarchical_order(sim: np.ndarray) -> np.ndarray:
     return leaves_list(linkage(squareform(dist, checks=False), method="average"))
 
 
-def pc_scores(x: np.ndarray, *, n_pcs: int = 2) -> np.ndarray:
-    """Scores `(n, n_pcs)` on the first principal components of x `(n, d)` (SVD of the centered x); each PC's
-    sign is fixed so that its largest-|loading| entry is positive."""
+def pc_scores(x: np.ndarray, *, n_pcs: int = 2, sign_by: np.ndarray | None = None) -> np.ndarray:
+    """Scores `(n, n_pcs)` on the first principal components of x `(n, d)` (SVD of the centered x). A PC's sign
+    is arbitrary; it is fixed so that the scores correlate non-negatively with sign_by `(n,)` (e.g. valence,
+    which makes PCs of two languages or models comparable), or else so that its largest-|loading| entry is
+    positive."""
     if not 1 <= n_pcs <= min((x := _matrix(x)).shape):
         raise ValueError(f"n_pcs must be in [1, {min(x.shape)}], got {n_pcs}")
     u, s, vt = np.linalg.svd(x - x.mean(axis=0), full_matrices=False)
-    signs = np.sign(vt[np.arange(len(vt)), np.argmax(np.abs(vt), axis=1)])
-    return u[:, :n_pcs] * s[:n_pcs] * signs[:n_pcs]
+    scores = u[:, :n_pcs] * s[:n_pcs]
+    if sign_by is None:
+        return scores * np.sign(vt[np.arange(n_pcs), np.argmax(np.abs(vt[:n_pcs]), axis=1)])
+    sign_by = _labels(sign_by, x.shape[0], "sign_by")
+    return scores * np.where((scores * (sign_by - sign_by.mean())[:, None]).sum(0) < 0, -1.0, 1.0)
 
 
-def pc_correlations(x: np.ndarray, targets: dict[str, np.ndarray], *, n_pcs: int = 2) -> list[dict]:
-    """Pearson r and p between the first n_pcs PC scores of x `(n, d)` (see `pc_scores`) and each target `(n,)`.
+def pc_correlations(x: np.ndarray, targets: dict[str, np.ndarray], *, n_pcs: int = 2,
+                    sign_by: np.ndarray | None = None) -> list[dict]:
+    """Pearson r and p between the first n_pcs PC scores of x `(n, d)` (see `pc_scores`, sign_by fixes the
+    signs) and each target `(n,)`. The targets must not be computed from x itself (a projection of x on a
+    direction of x correlates with its PCs by construction; its p would mean nothing).
 
     Returns rows {"pc": 1-based int, "target": name, "r": float, "p": float}.
     """
-    scores, rows = pc_scores(x, n_pcs=n_pcs), []
+    scores, rows = pc_scores(x, n_pcs=n_pcs, sign_by=sign_by), []
     for pc in range(n_pcs):
         for name, target in targets.items():
             res = stats.pearsonr(scores[:, pc], _labels(target, scores.shape[0], f"target {name!r}"))

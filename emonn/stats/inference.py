@@ -1,5 +1,5 @@
 """Generic inference: permutation p-values and a paired permutation test, the stratified bootstrap
-("percentile", "basic" or "centered" intervals; and the per-resample item counts that vectorised statistics
+("percentile" or "centered" intervals; and the per-resample item counts that vectorised statistics
 take), Cohen's d with a normal CI, Mann-Whitney and Wilcoxon rank tests with rank-biserial effects, and
 multiple-comparison correction; with their frozen result dataclasses.
 """
@@ -81,20 +81,19 @@ def bootstrap_ci(
     a scalar or an array `(k,)` (e.g. one value per layer): then estimate/low/high are `(k,)`.
     estimate = stat(arange(n_items)); samples `(n_boot,)` or `(n_boot, k)`.
 
-    method "percentile" gives the replicates' quantiles; "basic" (reverse percentile, Davison & Hinkley
-    1997) gives [2·estimate − q_high, 2·estimate − q_low], which corrects a shift of the replicates: e.g.
-    an RSA over resampled stories is biased low, as duplicated stories make noisier emotion means.
-    "centered" shifts the percentile interval by the replicates' mean offset from the estimate (the
-    replicates' spread around the estimate): for a shift that comes from resampling itself and that the
-    real sample lacks, e.g. repeated items make class centroids noisier, which lowers a nearest-centroid
-    accuracy in every replicate (where "basic" would move the interval above the estimate instead).
+    method "percentile" gives the replicates' quantiles. "centered" shifts the percentile interval by the
+    replicates' mean offset from the estimate (the replicates' spread around the estimate): for a shift that
+    comes from resampling itself and that the real sample lacks, e.g. repeated items make class centroids
+    noisier, which lowers a nearest-centroid accuracy in every replicate. (No "basic" interval: as a bias fix
+    it under-corrects and need not contain the estimate; a statistic attenuated by noise gets a corrected
+    estimate of its own, `noise_corrected`.)
 
     vectorized=True calls `stat` once with all resamples stacked, indices `(1 + n_boot, n_items)` (row 0 is
     `arange(n_items)`, for the estimate), and takes back `(1 + n_boot,)` or `(1 + n_boot, k)`: for statistics
     that vectorise over resamples (e.g. `separation_scores(..., resamples=...)`). The resamples are the same.
     """
-    if method not in ("percentile", "basic", "centered"):
-        raise ValueError(f"method must be 'percentile', 'basic' or 'centered', got {method!r}")
+    if method not in ("percentile", "centered"):
+        raise ValueError(f"method must be 'percentile' or 'centered', got {method!r}")
     labels = np.asarray(labels)
     if labels.ndim != 1 or labels.size == 0:
         raise ValueError(f"labels must be a non-empty 1-D array, got shape {labels.shape}")
@@ -109,9 +108,7 @@ def bootstrap_ci(
         samples = np.array([stat(idx) for idx in resamples], dtype=float)
         estimate = np.asarray(stat(np.arange(labels.size)), dtype=float)
     low, high = np.quantile(samples, [(1 - ci) / 2, (1 + ci) / 2], axis=0)
-    if method == "basic":
-        low, high = 2 * estimate - high, 2 * estimate - low
-    elif method == "centered":
+    if method == "centered":
         shift = samples.mean(axis=0) - estimate
         low, high = low - shift, high - shift
     return BootstrapResult(*(v.item() if v.ndim == 0 else v for v in (estimate, low, high)), samples)
