@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from emonn import EmonnError, readings
 from emonn.models import Model
-from emonn.reducers import REDUCERS, lens, pool, still_generating, weights
+from emonn.reducers import REDUCERS, gather, lens, pool, still_generating, weights
 from emonn.readings import Readings
 from emonn.runs import ActivationCache, GenerationCache, dtype_name
 
@@ -89,9 +89,9 @@ def pool_layers(model: Model, enc: dict, w: torch.Tensor) -> torch.Tensor:
     `(batch, tokens)`: `(batch, n_layers, d_model)`."""
     blocks = [model.layer(i) for i in range(model.n_layers)]
     with torch.no_grad(), model.trace(enc) as tracer:
-        pooled = nnsight.save([pool(block.output, w) for block in blocks])
+        pooled = nnsight.save(gather([pool(block.output, w) for block in blocks]))
         tracer.stop()  # no final norm, no lm_head: nothing after the last layer is read
-    return torch.stack(pooled, 1)
+    return pooled.cpu()
 
 
 def forward_embedding(model: Model, input_ids: list[list[int]], *, reducer: str = "mean", start: int = START
@@ -103,7 +103,7 @@ def forward_embedding(model: Model, input_ids: list[list[int]], *, reducer: str 
     with torch.no_grad(), model.trace(dict(enc)) as tracer:
         pooled = pool(embed.output, w).save()
         tracer.stop()  # nothing after the embedding is read
-    return pooled
+    return pooled.cpu()
 
 
 def embeddings(model: Model, texts: list[str], *, reducer: str = "mean", start: int = START,
@@ -126,9 +126,10 @@ def logit_lens(model: Model, vectors: np.ndarray) -> np.ndarray:
     """Vectors `(n, d)` read through the final norm and the unembedding: logits `(n, vocab)`.
     Runs as a trace (the norm and lm_head may live on NDIF), stopped before the model's own forward."""
     x = torch.tensor(np.asarray(vectors), dtype=torch.float32)
-    enc, embed = dict(model.tokenizer(["."], return_tensors="pt")), model.embedding()
+    enc, embed, norm, head = dict(model.tokenizer(["."], return_tensors="pt")), model.embedding(), model.final_norm, \
+        model.unembed  # envoys resolved before the trace: the trace must not carry the Model
     with torch.no_grad(), model.trace(enc) as tracer:
-        logits = lens(model.final_norm, model.unembed, x, embed.output).save()
+        logits = lens(norm, head, x, embed.output).save()
         tracer.stop()
     return logits.numpy()
 
@@ -213,11 +214,11 @@ def generate_pooled(model: Model, prompts: list[str], *, max_new_tokens: int, do
             with tracer.invoke(enc):
                 for step in tracer.all():
                     if step == 0:
-                        total = torch.stack([pool(block.output, prompt_weights) for block in blocks], 1)
+                        total = gather([pool(block.output, prompt_weights) for block in blocks])
                         count = prompt_weights.sum(1).to(total.device)
                     else:
                         alive = still_generating(alive, lm.inputs[1]["input_ids"], stop)
-                        total = total + torch.stack([pool(block.output, alive[:, None]) for block in blocks], 1)
+                        total = total + gather([pool(block.output, alive[:, None]) for block in blocks])
                         count = count + alive
                     nnsight.save(total)
                     nnsight.save(count)

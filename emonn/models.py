@@ -429,6 +429,9 @@ def _load_remote(name: str) -> Model:
     _ndif_key()
     from nnsight.modeling.transformers import TransformersModel
 
+    from emonn import remote
+
+    remote.preflight()
     try:  # config + tokenizer only: the weights stay on the server
         lm = TransformersModel(name, task="text-generation")
     except Exception as error:  # noqa: BLE001 - hub/network errors come in many types

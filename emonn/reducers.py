@@ -24,9 +24,17 @@ def add(output: torch.Tensor | tuple, delta: torch.Tensor) -> None:
 
 
 def pool(output: torch.Tensor | tuple, weights: torch.Tensor) -> torch.Tensor:
-    """Weighted sum over tokens in float32: `(batch, tokens, d)` x `(batch, tokens)` -> `(batch, d)`."""
+    """Weighted sum over tokens in float32: `(batch, tokens, d)` x `(batch, tokens)` -> `(batch, d)`. Autocast
+    is off, so a server that runs traces under bfloat16 autocast still computes (and returns) float32."""
     h = hidden(output)
-    return torch.bmm(weights.to(h.device, torch.float32).unsqueeze(1), h.float()).squeeze(1)
+    with torch.autocast(h.device.type, enabled=False):
+        return torch.bmm(weights.to(h.device, torch.float32).unsqueeze(1), h.float()).squeeze(1)
+
+
+def gather(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Per-layer results `[(batch, ...)]` stacked on the first one's device `(batch, n, ...)`: under a device
+    map the layers of one model live on several GPUs."""
+    return torch.stack([t.to(tensors[0].device) for t in tensors], 1)
 
 
 def mean_from(attention_mask: torch.Tensor, start: int) -> torch.Tensor:

@@ -1,32 +1,68 @@
-"""NDIF support: ship emonn's in-trace helpers by value, and check requests offline before sending them.
+"""NDIF support: ship emonn's in-trace helpers by value, check requests offline the way the server treats
+them, and compare versions before the first real request.
 
 `nnsight`'s own `remote="local"` dry run only hides working-tree modules, so it passes traces that use
 polars, scipy or a pip-installed package the server lacks. `StrictServerBackend` builds the request
-exactly as `remote=True` does, then deserializes it with an unpickler that refuses every module outside
-the NDIF server's set and scans the traced source for imports, and finally runs it on the local model.
+exactly as `remote=True` does, then deserializes it with an unpickler that refuses every module (and
+builtin) outside the NDIF server's whitelist, scans the traced source for imports the server's executor
+would refuse, and finally runs it on the local model as the server runs it: under bfloat16 autocast with
+bfloat16 as the default dtype. The whitelist, its source and its date are in `ndif_server.json`.
 Use it as `model.with_remote("check")`.
 """
 
 from __future__ import annotations
 
 import ast
-import sys
+import functools
+import json
+from pathlib import Path
 from typing import Any
 
 import nnsight
-from nnsight.intervention.backends.local import _SERVER_MODULES, LocalSimulationBackend
+import torch
+from nnsight.intervention.backends.local import LocalSimulationBackend
 from nnsight.intervention.serialization import CustomCloudUnpickler, loads
 
 from emonn import EmonnError
 
-#: Top-level modules importable on an NDIF server: its installed set (as nnsight 0.8 lists it) plus what
-#: nnsight itself needs to rebuild a request there.
-SERVER_MODULES = frozenset(_SERVER_MODULES | {"cloudpickle", "pydantic", "_io", "builtins", "copyreg"})
+#: What the NDIF server allows and how it runs a request (read from its public code; see "source" inside).
+SERVER = json.loads((Path(__file__).parent / "ndif_server.json").read_text())
+#: Modules the server's executor lets in-trace code import; modules its unpickler may resolve.
+EXECUTION = SERVER["execution"]
+DESERIALIZATION = SERVER["deserialization_extra"] + EXECUTION + SERVER["nnsight_client"]["modules"]
 
 
-def server_has(module: str) -> bool:
-    root = module.split(".")[0]
-    return root in SERVER_MODULES or root in sys.stdlib_module_names
+def _listed(module: str, entries: list[dict]) -> bool:
+    return any(module == e["name"] or (not e["strict"] and module.startswith(e["name"] + ".")) for e in entries)
+
+
+def server_has(module: str, *, executing: bool = False) -> bool:
+    """Whether the server resolves `module` while deserializing a request (or, `executing=True`, lets the
+    request's code import it)."""
+    return _listed(module, EXECUTION if executing else DESERIALIZATION)
+
+
+@functools.cache
+def preflight() -> None:
+    """Before the first request to NDIF: compare this environment with the server's (`nnsight.ndif.compare`)
+    and stop with one line saying what to install when they differ where the server refuses or breaks: the
+    Python major.minor (the server refuses another), and the nnsight version (an older client is refused,
+    a newer one gets through and then fails opaquely, nnsight issue #570). Once per process."""
+    from nnsight import ndif
+
+    try:
+        env = ndif.compare()
+    except Exception as error:  # noqa: BLE001 - network errors come in many types
+        raise EmonnError(f"cannot reach NDIF to compare versions before sending: {str(error).splitlines()[0]}"
+                         ) from error
+    local, remote = (".".join(v.split(".")[:2]) for v in (env.local_python, env.remote_python))
+    if local != remote:
+        raise EmonnError(f"NDIF runs Python {remote}, this environment Python {local}: the server refuses requests "
+                         f"from another Python; run emonn under Python {remote}")
+    nnsight_versions = env.packages.get("nnsight")
+    if nnsight_versions and not nnsight_versions["match"]:
+        raise EmonnError(f"NDIF runs nnsight {nnsight_versions['remote']}, this environment nnsight "
+                         f"{nnsight_versions['local']}: pip install 'nnsight=={nnsight_versions['remote']}'")
 
 
 def register_emonn() -> None:
@@ -41,6 +77,8 @@ class _ServerUnpickler(CustomCloudUnpickler):
     """Resolves only what the NDIF server can import; anything else is an error naming the module."""
 
     def find_class(self, module: str, name: str) -> Any:
+        if module == "builtins" and name not in SERVER["builtins"]:
+            raise EmonnError(f"remote request needs builtin '{name}', which the NDIF server strips")
         if not server_has(module):
             raise EmonnError(f"remote request needs module '{module}' ({name}), which the NDIF server lacks: "
                              "keep in-trace code to torch, or register the module with nnsight.register")
@@ -70,6 +108,15 @@ def _source_imports(source: str) -> set[str]:
     return names
 
 
+def _source_builtins(source: str) -> set[str]:
+    """Builtins the traced source reads that the server strips from the request's namespace."""
+    import builtins
+
+    loaded = {node.id for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Name)
+              and isinstance(node.ctx, ast.Load)}
+    return {name for name in loaded & set(dir(builtins)) if name not in SERVER["builtins"]}
+
+
 class StrictServerBackend(LocalSimulationBackend):
     """Serialize as `remote=True` would, deserialize as the NDIF server would (strictly), run locally."""
 
@@ -83,8 +130,35 @@ class StrictServerBackend(LocalSimulationBackend):
         blob = RequestModel.serialize(tracer, compress=False)
         StrictServerBackend.last_payload_bytes = len(blob)
         _, (source, _, _) = loads(blob, self.model._remoteable_persistent_objects(), _ServerUnpickler)
-        missing = sorted(name for name in _source_imports(source) if not server_has(name))
+        missing = sorted(name for name in _source_imports(source) if not server_has(name, executing=True))
         if missing:
             raise EmonnError(f"remote request needs module '{missing[0]}', which the NDIF server lacks "
                              "(an import inside the trace)")
-        super().__call__(tracer)
+        stripped = sorted(_source_builtins(source))
+        if stripped:
+            raise EmonnError(f"remote request needs builtin '{stripped[0]}', which the NDIF server strips")
+        with server_dtype(self.model.device.type if hasattr(self.model, "device") else "cpu"):
+            super().__call__(tracer)
+
+
+@functools.lru_cache(maxsize=None)
+def _autocast_supported(device: str) -> bool:
+    return torch.amp.is_autocast_available(device)
+
+
+class server_dtype:
+    """Run as the NDIF server runs a request: bfloat16 as torch's default dtype and bfloat16 autocast on the
+    model's device type (the server's is cuda; here the local one)."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device if _autocast_supported(device) else "cpu"
+
+    def __enter__(self) -> None:
+        self.previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)
+        self.autocast = torch.autocast(device_type=self.device, dtype=torch.bfloat16)
+        self.autocast.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.autocast.__exit__(*exc)
+        torch.set_default_dtype(self.previous)

@@ -46,7 +46,8 @@ def mean_norms(model: Model, texts: list[str], layers: list[int], *, start: int 
     w = mean_from(enc["attention_mask"], start)
     blocks = [model.layer(i) for i in layers]
     with torch.no_grad(), model.trace(enc) as tracer:
-        norms = nnsight.save([(hidden(b.output).float().norm(dim=-1) * w).sum(1).mean() for b in blocks])
+        norms = nnsight.save([(hidden(b.output).float().norm(dim=-1) * w.to(hidden(b.output).device)).sum(1).mean()
+                              for b in blocks])
         tracer.stop()
     return {layer: float(n) for layer, n in zip(layers, norms)}
 
@@ -139,8 +140,9 @@ def continuation_logprobs(model: Model, prompts: list[list[int]], continuations:
         enc = dict(model.tokenizer.pad({"input_ids": [list(p) + list(c) for p, c in rows]}, return_tensors="pt"))
         targets = enc["input_ids"][:, -keep:]  # left padding: every row's continuation ends in the last column
         with torch.no_grad(), model.trace(enc, logits_to_keep=keep + 1):
-            logprobs = lm.output.logits[:, :-1].float().log_softmax(-1).gather(-1, targets[..., None])[..., 0].save()
-        result += [logprobs[i, keep - len(c):].numpy() for i, (_, c) in enumerate(rows)]
+            logits = lm.output.logits[:, :-1].float()
+            logprobs = logits.log_softmax(-1).gather(-1, targets[..., None].to(logits.device))[..., 0].save()
+        result += [logprobs[i, keep - len(c):].cpu().numpy() for i, (_, c) in enumerate(rows)]
     return result
 
 

@@ -179,9 +179,10 @@ def main(run: study.Run, denoise: bool, random_baseline: bool, random_init_dtype
                    "p_shuffled": (null_p := stats.permutation_p(r, null))}
             row |= {"ci_low": row.pop("rsa_emotions_low"), "ci_high": row.pop("rsa_emotions_high")}
             del row["rsa_emotions"]  # the same number as rsa
-            hits = {"stimulus and lexical RDMs": row["partial_low"] <= 0,
+            hits = {"lexical": row["lexical"] >= row["ci_low"],
                     "random init": with_random and row["random_init"] >= row["ci_low"],
-                    "shuffled labels": null_p > 0.05}
+                    "shuffled labels": null_p > 0.05, "nothing beyond the stimulus and lexical RDMs":
+                    row["partial_low"] <= 0}
             rows.append(row | {"reached_by": ", ".join(base for base, hit in hits.items() if hit)})
     grids, curves, per_model, pairwise = map(pl.DataFrame, (grid_rows, curve_rows, model_rows, rows))
 

@@ -227,8 +227,9 @@ def test_continuation_logprobs_equal_plain_forward(tiny):
         expected = logits[len(prompt) - 1:-1].gather(-1, torch.tensor(continuation, dtype=torch.long)[:, None])[:, 0]
         np.testing.assert_allclose(values, expected.numpy(), atol=1e-5)
     checked = steer.continuation_logprobs(tiny.with_remote("check"), prompts, continuations)
-    for a, b in zip(got, checked):
-        np.testing.assert_allclose(a, b, atol=1e-6)
+    for a, b in zip(got, checked):  # the check runs as the server does: under bfloat16 autocast
+        assert b.dtype == np.float32
+        np.testing.assert_allclose(a, b, atol=0.02)
 
 
 def test_random_directions():
@@ -273,7 +274,8 @@ def test_tiny_per_condition_remote_check_equals_local():
     deltas = torch.randn(2, model.d_model, generator=torch.Generator().manual_seed(1))
     local, remote = (steer.next_token_logprobs_per_condition(m, prompts, deltas, layer=1, marks=marks, tokens=[[3]])
                      for m in (model, checked))
-    torch.testing.assert_close(remote, local, atol=1e-5, rtol=0)
+    assert remote.dtype == torch.float32  # computed under the server's bfloat16 autocast: equal to its precision
+    torch.testing.assert_close(remote, local, atol=0.02, rtol=0)
 
 
 def test_per_condition_marks_must_match_the_prompts(tiny):
