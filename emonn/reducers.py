@@ -17,10 +17,15 @@ def hidden(output: torch.Tensor | tuple) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def add(output: torch.Tensor | tuple, delta: torch.Tensor) -> None:
-    """In-trace, in place: residual `(batch, tokens, d)` += `delta` (broadcast from `(batch, tokens|1, d)`)."""
+def add(output: torch.Tensor | tuple, delta: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+    """In-trace, in place: residual `(batch, tokens, d)` += `delta` `(batch, d)` at every position, or only
+    where `mask` `(batch, tokens)` is nonzero (times it). The `(batch, d)` delta and the mask are what a
+    remote request carries; the `(batch, tokens, d)` addition is made here, on the residual's device."""
     h = hidden(output)
-    h += delta.to(h.device, h.dtype)
+    step = delta.to(h.device, h.dtype)[:, None, :]
+    if mask is not None:
+        step = step * mask.to(h.device, h.dtype)[..., None]
+    h += step
 
 
 def pool(output: torch.Tensor | tuple, weights: torch.Tensor) -> torch.Tensor:

@@ -85,17 +85,15 @@ def generate(model: Model, prompts: list[str], *, layer: int | None = None,
         steering = _by_layer(model, layer, delta, len(prompts))
         mask = enc["attention_mask"] if steer_prompt else torch.zeros_like(enc["attention_mask"])
         mask[:, -1] = 1  # left padding: the last column is every row's last prompt token
-        blocks = [model.layer(i) for i in steering]
-        firsts = [d[:, None, :] * mask[..., None].float() for d in steering.values()]
-        laters = [d[:, None, :] for d in steering.values()]
+        blocks, rows = [model.layer(i) for i in steering], list(steering.values())  # (batch, d) each
         with warnings.catch_warnings():
             # the open `tracer.all()` loop ends at the last step by design; nnsight warns about it every call
             warnings.filterwarnings("ignore", message=".*was never reached", category=UserWarning)
             with torch.no_grad(), model.lm.generate(**options) as tracer:
                 with tracer.invoke(enc):
                     for step in tracer.all():
-                        for block, first, later in zip(blocks, firsts, laters):
-                            add(block.output, first if step == 0 else later)
+                        for block, row in zip(blocks, rows):
+                            add(block.output, row, mask if step == 0 else None)
                 with tracer.invoke():
                     ids = tracer.result.save()
     new = ids[:, enc["input_ids"].shape[1]:]
@@ -155,10 +153,10 @@ def next_token_logprobs(model: Model, enc: dict, *, layer: int | None = None, de
         with torch.no_grad(), model.trace(enc):
             logits = lm.output.logits[:, -1].save()
     else:
-        where = (enc["attention_mask"] if mask is None else mask)[..., None].float()
-        block, addition = model.layer(model.check_layers([layer])[0]), delta[:, None, :] * where
+        where = enc["attention_mask"] if mask is None else mask
+        block = model.layer(model.check_layers([layer])[0])
         with torch.no_grad(), model.trace(enc):
-            add(block.output, addition)
+            add(block.output, delta, where)
             logits = lm.output.logits[:, -1].save()
     return torch.log_softmax(logits.float(), dim=-1)
 
@@ -227,7 +225,7 @@ def _prefill(model: Model, ids: Sequence[int], marks: Sequence[bool], deltas: to
     ids_, marks_ = torch.tensor([list(ids)] * len(deltas)), torch.tensor([list(marks)] * len(deltas))
     with torch.no_grad(), model.trace({"input_ids": ids_, "attention_mask": torch.ones_like(ids_),
                                        _cache_argument(model): cache, "use_cache": True, "logits_to_keep": 1}):
-        add(model.layer(layer).output, deltas[:, None, :] * marks_[..., None].float())
+        add(model.layer(layer).output, deltas, marks_)
     return cache
 
 

@@ -193,3 +193,16 @@ def test_version_preflight_stops_in_one_line_with_what_to_install(monkeypatch, e
     with pytest.raises(EmonnError, match="cannot reach NDIF to compare versions before sending: Max retries"):
         remote.preflight()
     remote.preflight.cache_clear()
+
+
+def test_a_steering_request_carries_a_row_delta_and_a_mask_not_a_token_by_width_tensor(tiny):
+    """What the request uploads grows with the prompt by its ids and mask, not by tokens x d_model floats."""
+    from emonn import steer
+
+    checked, deltas = tiny.with_remote("check"), torch.ones(2, tiny.d_model)
+    sizes = []
+    for n in (8, 40):
+        enc = {"input_ids": torch.full((2, n), 5), "attention_mask": torch.ones(2, n, dtype=torch.long)}
+        steer.next_token_logprobs(checked, enc, layer=1, delta=deltas)
+        sizes.append(StrictServerBackend.last_payload_bytes)
+    assert sizes[1] - sizes[0] < 2 * 32 * tiny.d_model * 4 / 2  # a (rows, tokens, d) float32 would add 8 KB
