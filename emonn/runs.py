@@ -87,6 +87,16 @@ class ActivationCache:
         atomic_write(self.folder / f"{uuid.uuid4().hex}.npz", buffer.getvalue())
 
 
+#: The default token budget of one forward pass per device kind: what bounds a batch's memory.
+BATCH_TOKENS = {"cpu": 2048, "cuda": 16384, "remote": 2048}
+
+
+def batch_tokens_for(model: Any) -> int:
+    """The default `--batch-tokens` for `model`: by its device kind, or NDIF's (a request's result stays small)."""
+    return BATCH_TOKENS["remote" if model.remote else model.device.type if model.device.type in BATCH_TOKENS
+                        else "cpu"]
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     """`torch.float32` -> `float32`: how cache folders and reports name a dtype."""
     return str(dtype).removeprefix("torch.")

@@ -39,17 +39,24 @@ def random_directions(n: int, d: int, *, seed: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def mean_norms(model: Model, texts: list[str], layers: list[int], *, start: int = 1) -> dict[int, float]:
-    """Mean per-token residual norm ‖h‖ at each of `layers`, over tokens >= `start` of `texts`."""
+def mean_norms(model: Model, texts: list[str], layers: list[int], *, start: int = 1, batch_tokens: int = 2048
+               ) -> dict[int, float]:
+    """Mean per-token residual norm ‖h‖ at each of `layers`, over tokens >= `start` of each text, averaged
+    over `texts`; read in length-sorted batches of at most `batch_tokens` padded tokens."""
+    from emonn.extract import batches
+
     layers = model.check_layers(layers)
-    enc = dict(model.tokenizer(list(texts), return_tensors="pt", padding=True))
-    w = mean_from(enc["attention_mask"], start)
-    blocks = [model.layer(i) for i in layers]
-    with torch.no_grad(), model.trace(enc) as tracer:
-        norms = nnsight.save([(hidden(b.output).float().norm(dim=-1) * w.to(hidden(b.output).device)).sum(1).mean()
-                              for b in blocks])
-        tracer.stop()
-    return {layer: float(n) for layer, n in zip(layers, norms)}
+    ids = model.tokenizer(list(texts))["input_ids"]
+    blocks, total = [model.layer(i) for i in layers], torch.zeros(len(layers), dtype=torch.float64)
+    for group in batches([len(row) for row in ids], batch_tokens):
+        enc = dict(model.tokenizer.pad({"input_ids": [ids[i] for i in group]}, return_tensors="pt"))
+        w = mean_from(enc["attention_mask"], start)
+        with torch.no_grad(), model.trace(enc) as tracer:
+            norms = nnsight.save([(hidden(b.output).float().norm(dim=-1) * w.to(hidden(b.output).device)).sum()
+                                  for b in blocks])
+            tracer.stop()
+        total += torch.tensor([float(n) for n in norms], dtype=torch.float64)
+    return {layer: float(n) / len(ids) for layer, n in zip(layers, total)}
 
 
 @dataclass(frozen=True)
@@ -122,25 +129,30 @@ def _by_layer(model: Model, layer: int | None, delta: torch.Tensor | dict[int, t
 
 
 def continuation_logprobs(model: Model, prompts: list[list[int]], continuations: list[list[int]], *,
-                          batch_size: int = 16) -> list[np.ndarray]:
+                          batch_tokens: int = 2048) -> list[np.ndarray]:
     """Unsteered log-probability of each continuation token given its prompt and the tokens before it:
     one float32 array `(len(continuations[i]),)` per row. (Perplexity = exp(-mean).) Only the last
-    positions' logits are computed (`logits_to_keep`), so the lm_head runs on the continuation alone."""
+    positions' logits are computed (`logits_to_keep`), so the lm_head runs on the continuation alone.
+    Rows are read in length-sorted batches of at most `batch_tokens` padded tokens."""
+    from emonn.extract import batches
+
     if len(prompts) != len(continuations):
         raise EmonnError(f"{len(prompts)} prompts but {len(continuations)} continuations")
-    lm, result = model.lm, []
-    for begin in range(0, len(prompts), batch_size):
-        rows = list(zip(prompts[begin:begin + batch_size], continuations[begin:begin + batch_size]))
+    lm, result = model.lm, [None] * len(prompts)
+    for group in batches([len(p) + len(c) for p, c in zip(prompts, continuations)], batch_tokens):
+        rows = [(prompts[i], continuations[i]) for i in group]
         keep = max(len(c) for _, c in rows)
         if keep == 0:
-            result += [np.zeros(0, np.float32) for _ in rows]
+            for i in group:
+                result[i] = np.zeros(0, np.float32)
             continue
         enc = dict(model.tokenizer.pad({"input_ids": [list(p) + list(c) for p, c in rows]}, return_tensors="pt"))
         targets = enc["input_ids"][:, -keep:]  # left padding: every row's continuation ends in the last column
         with torch.no_grad(), model.trace(enc, logits_to_keep=keep + 1):
             logits = lm.output.logits[:, :-1].float()
             logprobs = logits.log_softmax(-1).gather(-1, targets[..., None].to(logits.device))[..., 0].save()
-        result += [logprobs[i, keep - len(c):].cpu().numpy() for i, (_, c) in enumerate(rows)]
+        for j, (i, (_, c)) in enumerate(zip(group, rows)):
+            result[i] = logprobs[j, keep - len(c):].cpu().numpy()
     return result
 
 

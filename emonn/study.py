@@ -26,6 +26,7 @@ import hashlib
 import inspect
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +61,8 @@ def _shared_options(models_default: tuple[str, ...] | Callable[[], tuple[str, ..
         click.Option(["--start-token"], default=extract.START, show_default=True,
                      help="Average each text's residual stream from this token on."),
         click.Option(["--corpus"], type=click.Path(), default=None, help="A stories file instead of the shipped one."),
-        click.Option(["--batch-tokens"], default=2048, show_default=True, help="Padded tokens per forward pass."),
+        click.Option(["--batch-tokens"], type=int, default=None, help="Padded tokens per forward pass (extraction, "
+                     "log-probs, norms); default: 2048 on a CPU or NDIF, 16384 on a GPU (runs.BATCH_TOKENS)."),
         click.Option(["--seed"], default=0, show_default=True),
         click.Option(["--out"], default="outputs", show_default=True, type=click.Path()),
     ]
@@ -167,10 +169,35 @@ class Run:
         runs.parse_layers(shared["layers"])  # a bad --layers fails before any model loads
         loaded = [models.load(name, remote=shared["remote"], device=shared["device"], dtype=shared["dtype"])
                   for name in names]
-        run = cls(study, script, {**shared, "model": names, **own}, loaded, langs, shared["seed"],
-                  shared["start_token"], shared["batch_tokens"], Path(shared["out"]))
+        budget = shared["batch_tokens"] or runs.batch_tokens_for(loaded[0])  # config.json records the one used
+        run = cls(study, script, {**shared, "model": names, "batch_tokens": budget, **own}, loaded, langs,
+                  shared["seed"], shared["start_token"], budget, Path(shared["out"]))
+        run.clear_stale()
         run.note()
         return run
+
+    def clear_stale(self) -> None:
+        """If the folder holds a run with other options, remove its outputs (not its cached `units/`, which are
+        keyed by what they computed), so `config.json` always describes the files beside it."""
+        try:
+            before = json.loads((self.folder / "config.json").read_text()).get("options_digest")
+        except (OSError, ValueError):
+            before = None if not self.folder.exists() else ""
+        if before is not None and before != self._options_digest():
+            for path in self.folder.iterdir():
+                if path.name != "units":
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+            click.echo(f"[emonn] {self.folder} held a run with other options: its outputs were removed "
+                       "(cached units kept)", err=True)
+
+    def _dtypes(self) -> dict[str, str]:
+        return {m.name: runs.dtype_name(m.dtype) for m in self.models}
+
+    def _options_digest(self) -> str:
+        """A digest of the options and the models' dtypes: what makes two runs' outputs comparable (facts a
+        study notes may share an option's name in config.json, e.g. resolved layers)."""
+        text = json.dumps({"options": self.options, "dtypes": self._dtypes()}, default=str, sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
 
     @property
     def model(self) -> models.Model:
@@ -188,8 +215,8 @@ class Run:
     def note(self, **facts: Any) -> None:
         """Record facts of the run (resolved layers, corpus digest, ...) in `config.json` beside its options."""
         self.facts.update(facts)
-        dtypes = {m.name: runs.dtype_name(m.dtype) for m in self.models}
-        config = {**self.options, "model_dtypes": dtypes, **self.facts}
+        config = {**self.options, "model_dtypes": self._dtypes(), **self.facts,
+                  "options_digest": self._options_digest()}
         runs.atomic_write(self.folder / "config.json", json.dumps(config, indent=2, default=str, ensure_ascii=False))
 
     # ---------------------------------------------------------------- inputs

@@ -212,7 +212,7 @@ def main(run: study.Run, denoise: bool, permutations: int, bootstrap: int, split
                         for kind, col, prefix in (("RSA", "r", "ci"), ("noise-corrected", "corrected", "corrected"),
                                                   ("partial (no TF-IDF, topic)", "partial", "partial"))])
     run.figure("rsa_by_depth", plots.band(spearman, x="depth", low="null_low", high="null_high",
-                                          label="permutation null, 95%")
+                                          label="permutation null, 95%", color="#bdbdbd")
                + plots.lines(curves, x="depth", y="r", color="kind", band=("low", "high"),
                              y_title="Spearman r (95% CI over emotions)",
                              title=f"{pair} RSA of emotion cosine matrices by relative depth"))

@@ -105,7 +105,7 @@ def main(run: study.Run, emotions: str, alpha: float, layer: int | None, steer_s
     vectors, _ = run.vectors(model, "en", layers=[layer])
     # the mean norm is stable: two stories per emotion measure it well, at a sixth of the cost of all
     sample = stories.group_by("emotion", maintain_order=True).head(2)["text"].to_list()
-    norm = steer.mean_norms(model, sample, [layer])[layer]
+    norm = steer.mean_norms(model, sample, [layer], batch_tokens=run.batch_tokens)[layer]
     conditions = ["baseline", *emotion_list, *(["random"] if control else [])]
     n_cond = len(conditions)
     directions = [np.zeros(model.d_model), *(vectors.at(layer)[vectors.emotions.index(e)] for e in emotion_list)]

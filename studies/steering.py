@@ -60,7 +60,8 @@ def steering_deltas(rows: list[dict], directions: dict[tuple[str, int], np.ndarr
 
 
 def generate_unit(model: models.Model, prompt: str, lang: str, rows: list[dict], deltas: dict[int, torch.Tensor],
-                  *, decoding: str, new_tokens: int, temperature: float, seed: int, steer_prompt: bool) -> pl.DataFrame:
+                  *, decoding: str, new_tokens: int, temperature: float, seed: int, steer_prompt: bool,
+                  batch_tokens: int) -> pl.DataFrame:
     """One prompt x decoding: every row generated in one call, then its model-side metrics."""
     tok = model.tokenizer
     gen = steer.generate(model, [prompt] * len(rows), delta=deltas, steer_prompt=steer_prompt, seed=seed,
@@ -68,7 +69,8 @@ def generate_unit(model: models.Model, prompt: str, lang: str, rows: list[dict],
     stop = {tok.eos_token_id, tok.pad_token_id}
     continuations = [ids[:next((i for i, token in enumerate(ids) if token in stop), len(ids))]
                      for ids in gen.ids.tolist()]
-    logprobs = steer.continuation_logprobs(model, [tok(prompt)["input_ids"]] * len(rows), continuations)
+    logprobs = steer.continuation_logprobs(model, [tok(prompt)["input_ids"]] * len(rows), continuations,
+                                           batch_tokens=batch_tokens)
     decode = functools.partial(tok.decode, skip_special_tokens=True)
     records = [{**row, "text": decode(ids), "n_tokens": len(ids), "ended": len(ids) < new_tokens,
                 "ppl": tm.perplexity(lp), **classify.measure(decode(ids), ids, decode, lang)}
@@ -181,7 +183,7 @@ def main(run: study.Run, emotions: str, alphas: str, n_prompts: int, new_tokens:
 
     # ---- vectors (cached activations), norms, the random control directions, every row's addition
     vectors, _ = run.vectors(model, "en", layers=layers)
-    norms = steer.mean_norms(model, neutral["text"].to_list(), layers)
+    norms = steer.mean_norms(model, neutral["text"].to_list(), layers, batch_tokens=run.batch_tokens)
     randoms = steer.random_directions(n_random * len(layers), model.d_model, seed=run.seed).reshape(
         len(layers), n_random, model.d_model)
     directions = {(e, layer): vectors.at(layer)[vectors.emotions.index(e)] for e in emotion_list for layer in layers}
@@ -198,7 +200,7 @@ def main(run: study.Run, emotions: str, alphas: str, n_prompts: int, new_tokens:
                steer_prompt, rows, digest]
         unit = run.unit(key, lambda: generate_unit(
             model, inputs[i], "en", rows, deltas, decoding=dec, new_tokens=new_tokens, temperature=temperature,
-            seed=run.seed + i, steer_prompt=steer_prompt), name=f"{dec}-p{i:02d}")
+            seed=run.seed + i, steer_prompt=steer_prompt, batch_tokens=run.batch_tokens), name=f"{dec}-p{i:02d}")
         units.append(unit.with_columns(prompt_id=pl.lit(i), decoding=pl.lit(dec)))
 
     # ---- judge, controls, regimes, leakage

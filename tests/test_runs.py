@@ -72,3 +72,17 @@ def test_a_damaged_chunk_is_set_aside_and_its_texts_recomputed(tmp_path, monkeyp
     read.clear()
     extract.activations(model, SENTENCES[:6], cache=cache, progress=False)
     assert read == []  # recomputed texts were stored again
+
+
+def test_the_default_token_budget_follows_the_device_kind():
+    from types import SimpleNamespace
+
+    import torch
+
+    from emonn import runs
+
+    def model(device, remote=False):
+        return SimpleNamespace(device=torch.device(device), remote=remote)
+
+    assert runs.batch_tokens_for(model("cpu")) == 2048 and runs.batch_tokens_for(model("cuda:1")) == 16384
+    assert runs.batch_tokens_for(model("meta", remote=True)) == 2048

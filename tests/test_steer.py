@@ -12,7 +12,7 @@ import torch
 from nnsight.modeling.processing import positions
 
 from emonn import EmonnError, steer
-from conftest import tiny_model
+from conftest import SENTENCES, tiny_model
 
 PROMPTS = ["The weather this morning was", "My neighbour told me that the old bakery on our street"]
 TINY_PROMPTS = ["the cat sat on the", "she walked slowly home in the rain and the old"]
@@ -218,7 +218,7 @@ def test_continuation_logprobs_equal_plain_forward(tiny):
     prompts = [tok(p)["input_ids"] for p in TINY_PROMPTS]
     continuations = [tok("the dog ran")["input_ids"], [], tok("home")["input_ids"]]
     prompts.append(prompts[0])
-    got = steer.continuation_logprobs(tiny, prompts, continuations, batch_size=2)
+    got = steer.continuation_logprobs(tiny, prompts, continuations, batch_tokens=12)  # several batches
     assert [len(g) for g in got] == [3, 0, 1]
     for prompt, continuation, values in zip(prompts, continuations, got):
         ids = torch.tensor([prompt + continuation])
@@ -329,3 +329,16 @@ def test_answer_ids_and_token_marks():
     ids, marks = steer.token_marks(tok, text, [(text.index("walk"), text.index("walk") + 4), (len(text) - 7, len(text))])
     assert ids == tok(text)["input_ids"] and len(marks) == len(ids)
     assert tok.decode([t for t, m in zip(ids, marks) if m]) == "walktonight"  # byte-level: spaces are tokens
+
+
+def test_mean_norms_are_the_same_in_any_token_budget_and_equal_a_plain_forward(tiny):
+    texts = SENTENCES[:6]
+    whole, small = (steer.mean_norms(tiny, texts, [0, 2], start=1, batch_tokens=b) for b in (100_000, 10))
+    assert whole == pytest.approx(small, rel=1e-5)
+    per_text = []
+    for text in texts:  # each text alone through HF: the mean over its tokens from position 1, then over texts
+        ids = torch.tensor([tiny.tokenizer(text)["input_ids"]])
+        with torch.no_grad():
+            states = tiny.hf(ids, output_hidden_states=True).hidden_states
+        per_text.append([states[layer + 1][0, 1:].norm(dim=-1).mean().item() for layer in (0, 2)])
+    assert [whole[0], whole[2]] == pytest.approx(np.mean(per_text, 0), rel=1e-4)  # (HF's last state is normed)

@@ -24,7 +24,7 @@ def main(run, fail):
     calls = []
     frame = run.unit({"what": "count"}, lambda: calls.append(1) or pl.DataFrame({"n": [len(run.stories("en"))]}),
                      name="count")
-    run.note(calls=len(calls))
+    run.note(calls=len(calls), layers=[0, 1])  # a fact under an option's name (as resolved layers are)
     run.table("count", frame)
     run.report(n=frame["n"][0], frame=frame, share=0.25, missing=float("nan"))
     run.done(f"n={frame['n'][0]}")
@@ -73,6 +73,22 @@ def test_shared_options_config_units_and_report(tmp_path, toy):
         assert invoke(main, args).exit_code == 0
     assert json.loads((folder / "config.json").read_text())["calls"] == 1
     assert unit.with_name(unit.name + ".broken").exists() and pl.read_parquet(unit)["n"].to_list() == [12]
+
+
+def test_a_rerun_with_other_options_clears_the_previous_outputs(tmp_path, toy):
+    main, path = toy
+    args = ["--corpus", str(path), "--out", str(tmp_path / "out")]
+    assert invoke(main, [*args, "--seed", "3"]).exit_code == 0
+    folder = tmp_path / "out" / "toy" / "tiny-llama"
+    (folder / "figures").mkdir(exist_ok=True)
+    (folder / "figures" / "left-over.png").write_bytes(b"x")  # what an earlier option set drew
+    again = invoke(main, [*args, "--seed", "3"])  # the same options: nothing removed
+    assert again.exit_code == 0 and "other options" not in again.output
+    assert (folder / "figures" / "left-over.png").exists()
+    result = invoke(main, [*args, "--seed", "4"])
+    assert result.exit_code == 0 and "held a run with other options" in result.output
+    assert not (folder / "figures" / "left-over.png").exists() and list((folder / "units").glob("*.parquet"))
+    assert json.loads((folder / "config.json").read_text())["seed"] == 4 and (folder / "report.md").exists()
 
 
 @pytest.mark.parametrize("args, message", [
