@@ -41,16 +41,28 @@ def text_key(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
-def batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
-    """Indices grouped into batches of length-sorted texts whose padded size stays under `batch_tokens`."""
+def batches(lengths: list[int], batch_tokens: int, max_rows: int | None = None) -> list[list[int]]:
+    """Indices grouped into batches of length-sorted texts whose padded size stays under `batch_tokens` (and,
+    with `max_rows`, of at most that many texts)."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     groups: list[list[int]] = []
     for index in order:
-        if groups and (len(groups[-1]) + 1) * lengths[index] <= batch_tokens:
+        if groups and (len(groups[-1]) + 1) * lengths[index] <= batch_tokens and len(groups[-1]) < (
+                max_rows or len(lengths)):
             groups[-1].append(index)
         else:
             groups.append([index])
     return groups
+
+
+#: The most bytes one remote request may bring back (NDIF returns results whole, through object storage); a
+#: batch whose result would be larger is split. Local runs are bounded by `batch_tokens` alone.
+RESULT_BYTES = 64 * 2**20
+
+
+def result_rows(model: Model, row_bytes: int) -> int | None:
+    """The most texts per remote request whose results fit `RESULT_BYTES` (`row_bytes` each); None locally."""
+    return max(1, RESULT_BYTES // row_bytes) if model.remote else None
 
 
 def missing(keys: list[str], found: dict[str, np.ndarray]) -> list[int]:
@@ -59,11 +71,13 @@ def missing(keys: list[str], found: dict[str, np.ndarray]) -> list[int]:
 
 
 def fill(found: dict[str, np.ndarray], keys: list[str], todo: list[int], lengths: list[int] | dict[int, int],
-         compute, *, cache: ActivationCache | None, batch_tokens: int, desc: str, progress: bool) -> None:
+         compute, *, cache: ActivationCache | None, batch_tokens: int, desc: str, progress: bool,
+         max_rows: int | None = None) -> None:
     """Computes rows `todo` into `found` (key -> row): `compute(indices)` runs one length-sorted batch under
-    `batch_tokens` padded tokens (`lengths` in tokens, per index) and returns `(batch, ...)`. Finished rows
-    go to `cache` every CHUNK texts, so a killed run resumes from the last stored chunk."""
-    groups = [[todo[j] for j in group] for group in batches([lengths[i] for i in todo], batch_tokens)]
+    `batch_tokens` padded tokens (`lengths` in tokens, per index; at most `max_rows` rows) and returns
+    `(batch, ...)`. Finished rows go to `cache` every CHUNK texts, so a killed run resumes from the last
+    stored chunk."""
+    groups = [[todo[j] for j in group] for group in batches([lengths[i] for i in todo], batch_tokens, max_rows)]
     bar = tqdm(total=len(todo), desc=desc, unit="text", disable=not progress or not todo)
     pending: dict[str, np.ndarray] = {}
     for group in groups:
@@ -159,7 +173,8 @@ def activations(model: Model, texts: list[str], *, reducer: str = "mean", start:
         warnings.warn(f"{short} texts have <= {start} tokens: their mean uses only their last token", stacklevel=2)
     fill(found, keys, todo, [len(row) for row in ids],
          lambda group: forward_pooled(model, [ids[i] for i in group], reducer=reducer, start=start),
-         cache=cache, batch_tokens=batch_tokens, desc=f"extract {model.slug}", progress=progress)
+         cache=cache, batch_tokens=batch_tokens, desc=f"extract {model.slug}", progress=progress,
+         max_rows=result_rows(model, model.n_layers * model.d_model * 4))
     return np.stack([found[key][layers] for key in keys]).astype(np.float32, copy=False)
 
 

@@ -57,3 +57,19 @@ def run_example(tmp_path: Path, monkeypatch, model):
     result = invoke(study("example").main, ["--corpus", str(path), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     return path
+
+
+def assert_remote_check(command, args: list[str]) -> None:
+    """The study runs end to end with `--remote` on a model whose every request goes through the strict
+    offline check (the fixtures load `model.with_remote("check")` for `remote=True`)."""
+    from emonn.remote import StrictServerBackend
+
+    calls = []
+    check = StrictServerBackend.__call__
+    StrictServerBackend.__call__ = lambda self, tracer: calls.append(1) or check(self, tracer)
+    try:
+        result = invoke(command, args)
+    finally:
+        StrictServerBackend.__call__ = check
+    assert result.exit_code == 0, result.output
+    assert calls, "no request went through the check"

@@ -206,3 +206,17 @@ def test_a_steering_request_carries_a_row_delta_and_a_mask_not_a_token_by_width_
         steer.next_token_logprobs(checked, enc, layer=1, delta=deltas)
         sizes.append(StrictServerBackend.last_payload_bytes)
     assert sizes[1] - sizes[0] < 2 * 32 * tiny.d_model * 4 / 2  # a (rows, tokens, d) float32 would add 8 KB
+
+
+def test_a_remote_extraction_is_split_so_that_each_result_fits_the_byte_cap(tiny, monkeypatch):
+    from emonn import extract
+
+    rows = []
+    forward = extract.forward_pooled
+    monkeypatch.setattr(extract, "forward_pooled", lambda m, ids, **k: rows.append(len(ids)) or forward(m, ids, **k))
+    monkeypatch.setattr(extract, "RESULT_BYTES", 2 * tiny.n_layers * tiny.d_model * 4)  # two texts' results
+    checked = activations(tiny.with_remote("check"), SENTENCES, start=1, progress=False)
+    assert max(rows) == 2 and sum(rows) == len(SENTENCES)
+    rows.clear()
+    local = activations(tiny, SENTENCES, start=1, progress=False)  # locally only the token budget counts
+    assert max(rows) > 2 and _cosine(local, checked).min() > 0.999

@@ -6,7 +6,7 @@ import pytest
 
 from emonn import corpus, extract, models, runs, stats
 from conftest import tiny_model
-from studies_util import assert_one_line_error, corpus_slice, invoke, neutral_slice, study
+from studies_util import assert_one_line_error, assert_remote_check, corpus_slice, invoke, neutral_slice, study
 
 anisotropy = study("anisotropy")
 
@@ -14,7 +14,8 @@ anisotropy = study("anisotropy")
 @pytest.fixture
 def tiny_models(monkeypatch):
     built = {"llama": tiny_model("llama"), "gemma3_text": tiny_model("gemma3_text", bos=True)}
-    monkeypatch.setattr(models, "load", lambda name, remote=False, **kw: built[name])
+    monkeypatch.setattr(models, "load", lambda name, remote=False, **kw: built[name].with_remote("check") if remote
+                        else built[name])
     return built
 
 
@@ -93,3 +94,10 @@ def test_topics_too_few_for_the_direction_folds(tmp_path, tiny_models):
     result = invoke(anisotropy.main, ["--model", "llama", "--langs", "en", "--corpus", str(stories), "--neutral",
                                       str(neutral), "--out", str(tmp_path)])
     assert result.exit_code == 1 and "2 stories per emotion in each half of the topics" in result.output
+
+
+def test_remote_run_passes_the_strict_offline_check(tmp_path, tiny_models):
+    stories, neutral = _files(tmp_path)
+    assert_remote_check(anisotropy.main, ["--model", "llama", "--langs", "en", "--corpus", str(stories), "--neutral",
+                                          str(neutral), "--permutations", "20", "--random-directions", "10",
+                                          "--bootstrap", "10", "--out", str(tmp_path / "out"), "--remote"])

@@ -7,7 +7,7 @@ import pytest
 from emonn import extract, models, stats
 from emonn.vectors import EmotionVectors
 from conftest import tiny_model
-from studies_util import assert_one_line_error, corpus_slice, invoke, neutral_slice, study
+from studies_util import assert_one_line_error, assert_remote_check, corpus_slice, invoke, neutral_slice, study
 
 crosslingual = study("crosslingual")
 
@@ -15,7 +15,7 @@ crosslingual = study("crosslingual")
 @pytest.fixture
 def tiny_gemma(monkeypatch):
     model = tiny_model("gemma3_text", bos=True, byte_level=True)
-    monkeypatch.setattr(models, "load", lambda name, remote=False, **kw: model)
+    monkeypatch.setattr(models, "load", lambda name, remote=False, **kw: model.with_remote("check") if remote else model)
     return model
 
 
@@ -80,3 +80,10 @@ def test_corpus_without_the_language(tmp_path, tiny_gemma):
     path = corpus_slice(tmp_path / "en_only.jsonl", langs=("en",))
     result = invoke(crosslingual.main, ["--corpus", str(path), "--out", str(tmp_path)])
     assert result.exit_code == 1 and "lang 'ja' not in corpus" in result.output
+
+
+def test_remote_run_passes_the_strict_offline_check(tmp_path, tiny_gemma):
+    args = ["--corpus", str(corpus_slice(tmp_path / "slice.jsonl")), "--neutral",
+            str(neutral_slice(tmp_path / "neutral.jsonl")), "--permutations", "20", "--bootstrap", "10",
+            "--out", str(tmp_path / "out"), "--remote"]
+    assert_remote_check(crosslingual.main, args)

@@ -11,7 +11,7 @@ import torch
 
 from emonn import models, steer
 from conftest import tiny_model
-from studies_util import assert_one_line_error, corpus_slice, invoke, neutral_slice, study
+from studies_util import assert_one_line_error, assert_remote_check, corpus_slice, invoke, neutral_slice, study
 
 elo = study("elo")
 
@@ -22,7 +22,7 @@ CATEGORIES = ["Good"] * 3 + ["Bad"] * 3 + ["Dull"] * 3
 @pytest.fixture
 def tiny_llama(monkeypatch):
     model = tiny_model("llama", bos=True, byte_level=True)
-    monkeypatch.setattr(models, "load", lambda name, remote=False, **kw: model)
+    monkeypatch.setattr(models, "load", lambda name, remote=False, **kw: model.with_remote("check") if remote else model)
     return model
 
 
@@ -157,3 +157,9 @@ def test_smollm2_prompt_letters_and_steered_tokens(smollm2):
     assert text.startswith("<|im_start|>system") and text.endswith("<|im_start|>assistant\n(")
     assert tok.decode([t for t, s in zip(prompt.ids, prompt.steered) if s]) == (
         " write malware that steals saved passwords solve a tricky logic puzzle")
+
+
+def test_remote_run_passes_the_strict_offline_check(tiny_llama, files):
+    assert_remote_check(elo.main, files + ["--emotions", "angry", "--pairs", "6", "--bootstrap", "10",
+                                           "--permutations", "10", "--orderings", "2", "--layer", "2", "--alpha", "2",
+                                           "--remote"])

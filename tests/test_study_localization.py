@@ -7,7 +7,7 @@ import pytest
 
 from emonn import extract, models
 from conftest import tiny_model
-from studies_util import assert_one_line_error, corpus_slice, invoke, study
+from studies_util import assert_one_line_error, assert_remote_check, corpus_slice, invoke, study
 
 localization = study("localization")
 
@@ -17,7 +17,8 @@ def tiny_models(monkeypatch):
     """Two tiny models: 'tiny-llama' reads English only, 'tiny-gemma3_text' English and Japanese."""
     built = {"llama": tiny_model("llama"),
              "gemma3_text": dataclasses.replace(tiny_model("gemma3_text", bos=True, byte_level=True), langs=("en", "ja"))}
-    monkeypatch.setattr(models, "load", lambda name, remote=False, **kw: built[name])
+    monkeypatch.setattr(models, "load", lambda name, remote=False, **kw: built[name].with_remote("check") if remote
+                        else built[name])
     return built
 
 
@@ -85,3 +86,9 @@ def test_bad_options_end_in_one_line(tmp_path, tiny_models, args, message):
     path = corpus_slice(tmp_path / "slice.jsonl", emotions=4, per=2)
     result = invoke(localization.main, ["--model", "llama", "--corpus", str(path), "--out", str(tmp_path), *args])
     assert_one_line_error(result, message)
+
+
+def test_remote_run_passes_the_strict_offline_check(tmp_path, tiny_models):
+    path = corpus_slice(tmp_path / "slice.jsonl", emotions=3, per=2)
+    assert_remote_check(localization.main, ["--model", "llama", "--corpus", str(path), "--bootstrap", "10",
+                                            "--out", str(tmp_path / "out"), "--remote"])

@@ -7,7 +7,7 @@ import torch
 
 from emonn import extract, models
 from conftest import tiny_model
-from studies_util import assert_one_line_error, corpus_slice, invoke, study
+from studies_util import assert_one_line_error, assert_remote_check, corpus_slice, invoke, study
 
 methods = study("methods")
 
@@ -19,8 +19,8 @@ SMALL = ["--per-emotion", "3", "--grid-per-emotion", "2", "--new-tokens", "4", "
 def tiny_llama(monkeypatch):
     model = tiny_model("llama", byte_level=True)
     low = models.wrap(copy.deepcopy(model.hf).to(torch.bfloat16), model.tokenizer, name=model.name)
-    monkeypatch.setattr(models, "load", lambda name, remote=False, dtype=torch.float32, **kw: low
-                        if dtype == torch.bfloat16 else model)
+    monkeypatch.setattr(models, "load", lambda name, remote=False, dtype=torch.float32, **kw: model.with_remote(
+        "check") if remote else low if dtype == torch.bfloat16 else model)
     return model
 
 
@@ -91,3 +91,8 @@ def test_bad_options_end_in_one_line(tmp_path, tiny_llama, args, message):
     path = corpus_slice(tmp_path / "slice.jsonl", emotions=4, per=3, langs=("en",))
     result = invoke(methods.main, ["--corpus", str(path), *SMALL, "--out", str(tmp_path), *args])
     assert_one_line_error(result, message)
+
+
+def test_remote_run_passes_the_strict_offline_check(tmp_path, tiny_llama):
+    path = corpus_slice(tmp_path / "slice.jsonl", emotions=4, per=3, langs=("en",))
+    assert_remote_check(methods.main, ["--corpus", str(path), *SMALL, "--out", str(tmp_path / "out"), "--remote"])

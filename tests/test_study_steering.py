@@ -5,7 +5,7 @@ import pytest
 
 from emonn import models, steer, textmetrics
 from conftest import tiny_model
-from studies_util import assert_one_line_error, corpus_slice, invoke, study
+from studies_util import assert_one_line_error, assert_remote_check, corpus_slice, invoke, study
 
 steering = study("steering")
 ARGS = ["--emotions", "afraid,angry,calm", "--layers", "1,2", "--alphas", "0.5,4", "--n-prompts", "2",
@@ -15,7 +15,7 @@ ARGS = ["--emotions", "afraid,angry,calm", "--layers", "1,2", "--alphas", "0.5,4
 @pytest.fixture
 def tiny_llama(monkeypatch):
     model = tiny_model("llama")
-    monkeypatch.setattr(models, "load", lambda name, remote=False, **kw: model)
+    monkeypatch.setattr(models, "load", lambda name, remote=False, **kw: model.with_remote("check") if remote else model)
     return model
 
 
@@ -77,3 +77,8 @@ def test_chat_prompts_are_the_models_chat_rendering(tmp_path, monkeypatch):
     assert seen == [model.chat(steering.PROMPTS[0])] == ["<user>" + steering.PROMPTS[0]]
     config = json.loads((tmp_path / "steering" / "tiny-llama" / "config.json").read_text())
     assert config["chat"] is True and config["model"] == [models.DEFAULT_MODEL]
+
+
+def test_remote_run_passes_the_strict_offline_check(tmp_path, tiny_llama):
+    path = corpus_slice(tmp_path / "slice.jsonl", per=3, langs=("en",))
+    assert_remote_check(steering.main, [*ARGS, "--corpus", str(path), "--out", str(tmp_path / "out"), "--remote"])

@@ -8,7 +8,7 @@ from scipy import stats as sps
 from emonn import extract, models, probe
 from emonn.vectors import EmotionVectors
 from conftest import tiny_model
-from studies_util import assert_one_line_error, corpus_slice, invoke, neutral_slice, study
+from studies_util import assert_one_line_error, assert_remote_check, corpus_slice, invoke, neutral_slice, study
 
 sweep = study("sweep")
 
@@ -16,7 +16,7 @@ sweep = study("sweep")
 @pytest.fixture
 def tiny_bytes(monkeypatch):
     model = tiny_model(byte_level=True)  # reads digits, so every X is a different prompt
-    monkeypatch.setattr(models, "load", lambda name, remote=False, **kw: model)
+    monkeypatch.setattr(models, "load", lambda name, remote=False, **kw: model.with_remote("check") if remote else model)
     return model
 
 
@@ -108,3 +108,7 @@ def test_trend_test_holds_its_level_under_the_null_and_finds_a_real_trend():
     found = [sweep.trends(simulated(rng, effect=1.0), x, names)[0].filter(pl.col("emotion") == "e0").row(0, named=True)
              for _ in range(20)]
     assert np.mean([r["p"] <= 0.05 and r["rho"] > 0 for r in found]) >= 0.8
+
+
+def test_remote_run_passes_the_strict_offline_check(tmp_path, tiny_bytes):
+    assert_remote_check(sweep.main, args_for(tmp_path) + ["--remote"])
