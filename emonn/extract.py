@@ -145,7 +145,7 @@ def logit_lens(model: Model, vectors: np.ndarray) -> np.ndarray:
     with torch.no_grad(), model.trace(enc) as tracer:
         logits = lens(norm, head, x, embed.output).save()
         tracer.stop()
-    return logits.numpy()
+    return logits.cpu().numpy()
 
 
 def activations(model: Model, texts: list[str], *, reducer: str = "mean", start: int = START,

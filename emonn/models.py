@@ -148,11 +148,15 @@ class Model:
         `model.gguf` files) get different fingerprints; on NDIF, of the config and the name only."""
         if self.identity:
             return self.identity
-        digest = hashlib.sha1(f"{self.name}\n{self.hf.config.to_json_string(use_diff=False)}".encode())
-        if not self.remote:
+        config = {k: v for k, v in self.hf.config.to_dict().items()  # not how or where it was loaded
+                  if k not in ("dtype", "torch_dtype", "_name_or_path", "transformers_version")}
+        digest = hashlib.sha1(f"{self.name}\n{json.dumps(config, sort_keys=True, default=str)}".encode())
+        if self.remote is not True:  # local weights (also under the "check" backend); NDIF's stay there
             for tensor in self.hf.state_dict().values():
-                flat = tensor.reshape(-1)
-                digest.update(torch.cat([flat[:8], flat[-8:]]).float().cpu().numpy().tobytes())
+                if tensor.is_meta:  # offloaded by a device map: not readable here
+                    continue
+                flat = tensor.reshape(-1)  # in bfloat16, so a float32 and a bfloat16 load agree
+                digest.update(torch.cat([flat[:8], flat[-8:]]).to(torch.bfloat16).float().cpu().numpy().tobytes())
         return digest.hexdigest()[:12]
 
     @property
@@ -266,7 +270,7 @@ def random_init(model: Model, seed: int, *, dtype: torch.dtype | None = None, in
         raise EmonnError(f"no random-init twin of the NDIF-hosted {model.name}: NDIF serves only the trained weights")
     torch.manual_seed(seed)
     with contextlib.nullcontext() if initialise else no_init_weights():
-        hf_model = AutoModelForCausalLM.from_config(model.hf.config, dtype=dtype or model.dtype)
+        hf_model = AutoModelForCausalLM.from_config(model.hf.config, dtype=dtype or model.dtype).to(model.device)
     twin = wrap(hf_model.eval(), model.tokenizer, name=f"{model.name}-random-init-seed{seed}", langs=model.langs)
     identity = hashlib.sha1(f"{model.fingerprint}-random-init-seed{seed}".encode()).hexdigest()[:12]
     return dataclasses.replace(twin, slug=f"{model.slug}-random-init-seed{seed}", identity=identity)

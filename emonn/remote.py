@@ -112,9 +112,10 @@ def _source_builtins(source: str) -> set[str]:
     """Builtins the traced source reads that the server strips from the request's namespace."""
     import builtins
 
-    loaded = {node.id for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Name)
-              and isinstance(node.ctx, ast.Load)}
-    return {name for name in loaded & set(dir(builtins)) if name not in SERVER["builtins"]}
+    names = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Name)]
+    loaded = {node.id for node in names if isinstance(node.ctx, ast.Load)}
+    assigned = {node.id for node in names if isinstance(node.ctx, ast.Store)}  # a local `bin = ...` is no builtin
+    return {name for name in (loaded - assigned) & set(dir(builtins)) if name not in SERVER["builtins"]}
 
 
 class StrictServerBackend(LocalSimulationBackend):
@@ -154,11 +155,11 @@ class server_dtype:
         self.device = device if _autocast_supported(device) else "cpu"
 
     def __enter__(self) -> None:
+        self.autocast = torch.autocast(device_type=self.device, dtype=torch.bfloat16)  # may refuse: before the rest
+        self.autocast.__enter__()
         self.previous = torch.get_default_dtype()
         torch.set_default_dtype(torch.bfloat16)
-        self.autocast = torch.autocast(device_type=self.device, dtype=torch.bfloat16)
-        self.autocast.__enter__()
 
     def __exit__(self, *exc: Any) -> None:
-        self.autocast.__exit__(*exc)
         torch.set_default_dtype(self.previous)
+        self.autocast.__exit__(*exc)

@@ -45,7 +45,7 @@ def write_parquet(path: Path, frame: Any) -> Path:
 
 
 #: What reading a damaged (truncated, overwritten) `.npz` raises.
-DAMAGED = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+DAMAGED = (ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 
 def set_aside(path: Path, error: Exception) -> None:
@@ -53,7 +53,10 @@ def set_aside(path: Path, error: Exception) -> None:
     line: what it held is computed again."""
     import warnings
 
-    path.replace(path.with_name(path.name + ".broken"))
+    try:
+        path.replace(path.with_name(path.name + ".broken"))
+    except FileNotFoundError:  # another run set it aside first
+        return
     warnings.warn(f"damaged cache file {path} set aside as {path.name}.broken ({type(error).__name__}); "
                   "what it held is computed again", stacklevel=3)
 

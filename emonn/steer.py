@@ -128,6 +128,10 @@ def _by_layer(model: Model, layer: int | None, delta: torch.Tensor | dict[int, t
     return dict(sorted(steering.items()))
 
 
+#: The most bytes of logits one log-probability batch may hold (a large vocabulary x a long continuation).
+LOGIT_BYTES = 2**30
+
+
 def continuation_logprobs(model: Model, prompts: list[list[int]], continuations: list[list[int]], *,
                           batch_tokens: int = 2048) -> list[np.ndarray]:
     """Unsteered log-probability of each continuation token given its prompt and the tokens before it:
@@ -139,7 +143,11 @@ def continuation_logprobs(model: Model, prompts: list[list[int]], continuations:
     if len(prompts) != len(continuations):
         raise EmonnError(f"{len(prompts)} prompts but {len(continuations)} continuations")
     lm, result = model.lm, [None] * len(prompts)
-    for group in batches([len(p) + len(c) for p, c in zip(prompts, continuations)], batch_tokens):
+    vocab = model.hf.config.get_text_config().vocab_size if hasattr(model.hf.config, "get_text_config") else \
+        model.hf.config.vocab_size
+    longest = max([len(c) for c in continuations] + [1])  # the kept logits, (rows, longest + 1, vocab) float32
+    rows_cap = max(1, LOGIT_BYTES // ((longest + 1) * vocab * 4 * 3))  # x3: the float copy and log_softmax
+    for group in batches([len(p) + len(c) for p, c in zip(prompts, continuations)], batch_tokens, rows_cap):
         rows = [(prompts[i], continuations[i]) for i in group]
         keep = max(len(c) for _, c in rows)
         if keep == 0:
@@ -309,5 +317,5 @@ def next_token_logprobs_per_condition(
             logprobs = torch.stack([torch.logsumexp(logprobs[:, list(ids)], dim=-1) for ids in tokens], -1)
         if out is None:
             out = torch.empty(len(prompts), n_cond, logprobs.shape[-1])
-        out[chunk] = logprobs.reshape(len(chunk), n_cond, -1)
+        out[chunk] = logprobs.reshape(len(chunk), n_cond, -1).cpu()
     return out

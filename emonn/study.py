@@ -179,8 +179,8 @@ class Run:
     def clear_stale(self) -> None:
         """If the folder holds a run with other options, remove its outputs (not its cached `units/`, which are
         keyed by what they computed), so `config.json` always describes the files beside it."""
-        try:
-            before = json.loads((self.folder / "config.json").read_text()).get("options_digest")
+        try:  # no folder: nothing to clear; a config without a digest (older emonn) or unreadable: clear
+            before = json.loads((self.folder / "config.json").read_text()).get("options_digest", "")
         except (OSError, ValueError):
             before = None if not self.folder.exists() else ""
         if before is not None and before != self._options_digest():
@@ -194,9 +194,10 @@ class Run:
         return {m.name: runs.dtype_name(m.dtype) for m in self.models}
 
     def _options_digest(self) -> str:
-        """A digest of the options and the models' dtypes: what makes two runs' outputs comparable (facts a
-        study notes may share an option's name in config.json, e.g. resolved layers)."""
-        text = json.dumps({"options": self.options, "dtypes": self._dtypes()}, default=str, sort_keys=True)
+        """A digest of the options that change results and the models' dtypes: what makes two runs' outputs
+        comparable (facts a study notes may share an option's name in config.json, e.g. resolved layers)."""
+        same = {k: v for k, v in self.options.items() if k not in ("out", "device", "batch_tokens")}  # no effect
+        text = json.dumps({"options": same, "dtypes": self._dtypes()}, default=str, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
     @property

@@ -49,6 +49,11 @@ def main(run: study.Run, denoise: bool, permutations: int, bootstrap: int, split
     run.note(corpus_digest=corpus.digest(stories))
 
     # ---- read the stories (cached per text) and fit the vectors per language
+    counts = stories.group_by("lang", "emotion").len()
+    few = counts.filter(pl.col("len") < 2)
+    if not few.is_empty():  # the noise ceiling splits each emotion's stories in two halves
+        raise EmonnError(f"{few['lang'][0]} '{few['emotion'][0]}' has 1 story: the split-half noise ceiling needs "
+                         "at least 2 per emotion and language")
     present = {lang: set(stories.filter(pl.col("lang") == lang)["emotion"]) for lang in run.langs}
     emotions = [e for e in corpus.emotion_names() if all(e in present[lang] for lang in run.langs)]
     if len(emotions) < 4:
@@ -90,7 +95,10 @@ def main(run: study.Run, denoise: bool, permutations: int, bootstrap: int, split
     corrected = stats.noise_corrected(cos_a, cos_b, halves[a], halves[b], **boot)
     base = {lang: baselines.stimulus(stories.filter((pl.col("lang") == lang) & pl.col("emotion").is_in(emotions)),
                                      emotions) for lang in run.langs}
-    controls = {lang: np.stack(list(base[lang].values())) for lang in run.langs}
+    # a constant baseline (e.g. every emotion on the same topics) explains nothing: it is not regressed out
+    usable = {lang: [m for m in b.values() if np.isfinite(m).all() and np.ptp(stats.upper(m)) > 0]
+              for lang, b in base.items()}
+    controls = {lang: np.stack(usable[lang]) if usable[lang] else None for lang in run.langs}
     partial = stats.condition_test(cos_a, cos_b, controls_a=controls[a], controls_b=controls[b],
                                    n_permutations=min(permutations, 2000), **boot)
     rsa_rows = []
@@ -106,13 +114,16 @@ def main(run: study.Run, denoise: bool, permutations: int, bootstrap: int, split
                         "corrected_high": corrected.high[j], "reliability_" + a: corrected.reliability_a[j],
                         "reliability_" + b: corrected.reliability_b[j], "partial": partial.estimate[j],
                         "partial_low": partial.low[j], "partial_high": partial.high[j], "partial_p": partial.p[j],
-                        **{f"{name}_{lang}": stats.rsa(c[j], base[lang][name]) for lang, c in ((a, cos_a), (b, cos_b))
-                           for name in base[lang]}}
+                        **{f"{name}_{lang}": stats.rsa_samples(c[j], base[lang][name], np.arange(len(emotions)))[0, 0]
+                           for lang, c in ((a, cos_a), (b, cos_b)) for name in base[lang]}}
             rsa_rows.append(row)
     rsa = pl.DataFrame(rsa_rows)
     spearman = rsa.filter(pl.col("method") == "spearman")
-    best = spearman.row(tests["spearman"].best, named=True) | {"p_best": tests["spearman"].p_best,
-                                                                "partial_p_best": partial.p_best}
+    # the partial RSA at the layer chosen on the raw RSA, against the max over layers of its null (the choice
+    # was made on a correlated statistic, so it is paid for the same way)
+    top = tests["spearman"].best
+    best = spearman.row(top, named=True) | {"p_best": tests["spearman"].p_best, "partial_p_best": stats.permutation_p(
+        float(partial.estimate[top]), np.nanmax(partial.null, axis=1))}
     stimulus = [{"rdm": name, **dict(zip(("r", "ci_low", "ci_high", "p"), (float(v[0]) for v in (
         t.estimate, t.low, t.high, t.p))))} for name, t in ((name, stats.condition_test(
             base[a][name], base[b][name], n_permutations=min(permutations, 2000), **boot)) for name in base[a])]

@@ -14,6 +14,7 @@ axis: PC1 at each model's best layer. Writes outputs/models/<a>__<b>[__...]/.
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections import namedtuple
 
 import altair as alt
@@ -125,7 +126,8 @@ def main(run: study.Run, denoise: bool, random_baseline: bool, random_init_dtype
     # ---- and of that partial RSA over the models' noise ceilings (split halves), the best cell re-chosen per replicate
     rng = np.random.default_rng(run.seed)
     orders = {lang: np.stack([rng.permutation(len(labels[lang])) for _ in range(shuffles)]) for lang in run.langs}
-    stimulus = {lang: baselines.stimulus(stories[lang], emotions) for lang in run.langs}
+    # class_mean_cosines orders the emotions as np.unique does (sorted): the baselines must follow that order
+    stimulus = {lang: baselines.stimulus(stories[lang], sorted(emotions)) for lang in run.langs}
     splits = {lang: [stats.split_halves(labels[lang], rng) for _ in range(SPLITS)] for lang in run.langs}
     halves = {(key, v): np.stack([[stats.class_mean_cosines(geo[key].gram[v], labels[key[2]], resamples=half[None])[0]
                                    for half in split] for split in splits[key[2]]])
@@ -159,7 +161,10 @@ def main(run: study.Run, denoise: bool, random_baseline: bool, random_init_dtype
                 corrected = np.where((rel[0][:, :, None] > 0) & (rel[1][:, None] > 0),
                                      partial / np.sqrt(rel[0][:, :, None] * rel[1][:, None]), np.nan)
             best = lambda g: np.fmax.reduce(g.reshape(len(g), -1), axis=1)  # noqa: E731 - NaN only if all are
-            return np.stack([f(g) for f in (best, lambda g: g[:, ia, ib].mean(1)) for g in (raw, partial, corrected)], 1)
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a replicate with no usable layer pair: NaN
+                return np.stack([f(g) for f in (best, lambda g: np.nanmean(g[:, ia, ib], 1))
+                                 for g in (raw, partial, corrected)], 1)
 
         estimate = emotion_unit(np.arange(len(emotions))[None])[0]
         low, high, _ = stats.condition_bootstrap(emotion_unit, len(emotions), n_boot=bootstrap, seed=run.seed)

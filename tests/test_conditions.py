@@ -45,6 +45,17 @@ def test_rsa_grid_samples_match_rsa_grid_and_the_paired_samples():
     np.testing.assert_allclose(np.diagonal(grid, axis1=1, axis2=2), paired, atol=1e-9)
 
 
+def test_collinear_or_constant_controls_change_nothing():
+    rng = np.random.default_rng(6)
+    x, y = pair(rng)
+    a, b, c = cosines(x), cosines(y), cosines(rng.normal(size=(30, 6)))
+    rows = rng.integers(0, 30, (3, 30))
+    once = S.rsa_grid_samples(a, b, rows, controls=c)
+    np.testing.assert_allclose(S.rsa_grid_samples(a, b, rows, controls=np.stack([c, c])), once, atol=1e-10)
+    np.testing.assert_allclose(S.rsa_samples(a, b, rows, controls_a=np.ones((30, 30))), S.rsa_samples(a, b, rows),
+                               atol=1e-10)
+
+
 def test_partial_rsa_matches_the_first_order_formula():
     rng = np.random.default_rng(1)
     x, y = pair(rng)

@@ -145,10 +145,15 @@ def test_devices_and_dtypes_are_checked_in_one_line(monkeypatch):
 
 
 def _saved(folder, seed: int):
+    import copy
+
     from conftest import tiny_model
 
-    torch.manual_seed(seed)
-    model = tiny_model("llama")
+    hf = copy.deepcopy(tiny_model("llama").hf)
+    with torch.no_grad():
+        for parameter in hf.parameters():  # other weights, the same architecture and config
+            parameter.add_(seed * 0.01)
+    model = models.wrap(hf, tiny_model("llama").tokenizer, name="tiny")
     model.hf.save_pretrained(folder)
     model.tokenizer.save_pretrained(folder)
     return folder
@@ -159,7 +164,11 @@ def test_fingerprint_tells_same_named_models_apart_and_dtype_names_load(tmp_path
     b = models.load(str(_saved(tmp_path / "b" / "model", 1)))
     assert a.name == b.name == "model" and a.fingerprint != b.fingerprint
     assert models.load(str(tmp_path / "a" / "model")).fingerprint == a.fingerprint
-    assert models.load(str(tmp_path / "a" / "model"), dtype="bfloat16").dtype == torch.bfloat16
+    half = models.load(str(tmp_path / "a" / "model"), dtype="bfloat16")
+    assert half.dtype == torch.bfloat16 and half.fingerprint == a.fingerprint  # one model, however it was loaded
+    (tmp_path / "c").mkdir()
+    (tmp_path / "a" / "model").rename(tmp_path / "c" / "model")  # moved: still the same model
+    assert models.load(str(tmp_path / "c" / "model")).fingerprint == a.fingerprint
 
 
 def test_auto_dtype_takes_bfloat16_only_where_fast_and_measured_equal(tmp_path, monkeypatch):

@@ -67,7 +67,8 @@ def _ranked(values: np.ndarray, valid: np.ndarray, method: Method) -> np.ndarray
     if method == "spearman":  # invalid pairs rank last and are then zeroed
         values = stats.rankdata(np.where(valid[:, None], values, np.inf), axis=-1)
     w = valid[:, None].astype(float)
-    return (values - (values * w).sum(-1, keepdims=True) / w.sum(-1, keepdims=True)) * w
+    with np.errstate(invalid="ignore", divide="ignore"):  # no valid pair (<= 2 distinct emotions): NaN
+        return (values - (values * w).sum(-1, keepdims=True) / w.sum(-1, keepdims=True)) * w
 
 
 def _residuals(x: np.ndarray, controls: np.ndarray) -> np.ndarray:
@@ -75,7 +76,10 @@ def _residuals(x: np.ndarray, controls: np.ndarray) -> np.ndarray:
     residuals."""
     if not controls.shape[1]:
         return x
-    basis = np.linalg.qr(controls.transpose(0, 2, 1))[0]  # (R, m, c)
+    # an orthonormal basis of the controls' span from an SVD, without the directions of (near) zero singular
+    # value: collinear or constant controls (e.g. two identical lexical RDMs) add nothing and remove nothing
+    basis, singular, _ = np.linalg.svd(controls.transpose(0, 2, 1), full_matrices=False)  # (R, m, c), (R, c)
+    basis = basis * (singular > 1e-10 * singular.max(-1, keepdims=True).clip(min=1e-300))[:, None, :]
     return x - np.einsum("rmc,rkc->rkm", basis, np.einsum("rmc,rkm->rkc", basis, x))
 
 
@@ -107,8 +111,9 @@ def condition_bootstrap(statistic, n: int, *, n_boot: int = 1000, seed: int = 0,
                         ci: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Percentile CI (low `(k,)`, high `(k,)`) and replicates `(n_boot, k)` of `statistic(rows)` over bootstrap
     resamples of n conditions, by `scipy.stats.bootstrap`: statistic takes rows `(R, n)` of condition
-    indices and returns `(R, k)` (e.g. `rsa_samples` of some matrices). A component with a NaN replicate
-    gets NaN bounds."""
+    indices and returns `(R, k)` (e.g. `rsa_samples` of some matrices). Replicates where the statistic is
+    undefined (NaN: e.g. a resample of few emotions with almost no distinct pairs) are left out of the
+    percentiles; a component with fewer than half its replicates defined gets NaN bounds."""
     def vectorised(rows: np.ndarray, axis: int = -1) -> np.ndarray:
         rows = np.asarray(rows)
         return np.asarray(statistic(rows.reshape(-1, n))).T.reshape((-1,) + rows.shape[:-1])
@@ -117,8 +122,12 @@ def condition_bootstrap(statistic, n: int, *, n_boot: int = 1000, seed: int = 0,
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)
         boot = stats.bootstrap((np.arange(n),), vectorised, n_resamples=n_boot, vectorized=True,
                                method="percentile", confidence_level=ci, rng=np.random.default_rng(seed))
-    return (np.asarray(boot.confidence_interval.low), np.asarray(boot.confidence_interval.high),
-            np.asarray(boot.bootstrap_distribution).T)
+    samples = np.atleast_2d(np.asarray(boot.bootstrap_distribution)).T  # (n_boot, k)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN component
+        low, high = np.nanquantile(samples, [(1 - ci) / 2, (1 + ci) / 2], axis=0)
+    enough = np.isfinite(samples).mean(0) >= 0.5
+    return np.where(enough, low, np.nan), np.where(enough, high, np.nan), samples
 
 
 @dataclass(frozen=True)
@@ -149,9 +158,13 @@ def condition_test(a: np.ndarray, b: np.ndarray, *, controls_a: np.ndarray | Non
                                              seed=seed, ci=ci)
     permutations = np.random.default_rng(seed + 1).permuted(np.tile(np.arange(n), (n_permutations, 1)), axis=1)
     null = rsa_samples(a, b, np.tile(np.arange(n), (n_permutations, 1)), permutations, **kw)
-    p = np.array([permutation_p(estimate[j], null[:, j]) for j in range(len(estimate))])
-    best = int(np.nanargmax(estimate))
-    p_best = permutation_p(float(estimate[best]), np.nanmax(null, axis=1))
+    p = np.array([permutation_p(estimate[j], null[:, j]) if np.isfinite(estimate[j]) else np.nan
+                  for j in range(len(estimate))])
+    best = int(np.nanargmax(estimate)) if np.isfinite(estimate).any() else 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p_best = permutation_p(float(estimate[best]), np.nanmax(null, axis=1)) if np.isfinite(estimate[best]) \
+            else float("nan")
     return ConditionTest(estimate, low, high, p, p_best, best, samples, null)
 
 
