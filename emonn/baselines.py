@@ -14,8 +14,10 @@ TFIDF = {"en": {"analyzer": "word"}, "ja": {"analyzer": "char", "ngram_range": (
 
 
 def _centered_cosines(means: np.ndarray) -> np.ndarray:
+    """Cosines of the centered rows; a row equal to the mean (e.g. every emotion on the same topics) has no
+    direction and gets cosine 0, so a constant baseline is a constant matrix (which removes nothing)."""
     centered = means - means.mean(0)
-    unit = centered / np.linalg.norm(centered, axis=1, keepdims=True)
+    unit = centered / np.maximum(np.linalg.norm(centered, axis=1, keepdims=True), 1e-12)
     return unit @ unit.T
 
 

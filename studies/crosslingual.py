@@ -39,8 +39,7 @@ def upper_cosines(vectors: np.ndarray) -> np.ndarray:
 def main(run: study.Run, denoise: bool, permutations: int, bootstrap: int, splits: int, pca_layer: int | None) -> None:
     if len(run.langs) != 2:
         raise EmonnError(f"--langs needs two different languages, e.g. en,ja (got '{run.options['langs']}')")
-    a, b = run.langs
-    model, seed = run.model, run.seed
+    (a, b), model, seed = run.langs, run.model, run.seed
     layers = run.layers(model)
     focus = None if pca_layer is None else model.check_layers([pca_layer])[0]  # checked before any reading
     if focus is not None and focus not in layers:
@@ -49,11 +48,7 @@ def main(run: study.Run, denoise: bool, permutations: int, bootstrap: int, split
     run.note(corpus_digest=corpus.digest(stories))
 
     # ---- read the stories (cached per text) and fit the vectors per language
-    counts = stories.group_by("lang", "emotion").len()
-    few = counts.filter(pl.col("len") < 2)
-    if not few.is_empty():  # the noise ceiling splits each emotion's stories in two halves
-        raise EmonnError(f"{few['lang'][0]} '{few['emotion'][0]}' has 1 story: the split-half noise ceiling needs "
-                         "at least 2 per emotion and language")
+    corpus.require(stories, 2, "the split-half noise ceiling")  # before any reading
     present = {lang: set(stories.filter(pl.col("lang") == lang)["emotion"]) for lang in run.langs}
     emotions = [e for e in corpus.emotion_names() if all(e in present[lang] for lang in run.langs)]
     if len(emotions) < 4:
@@ -65,9 +60,8 @@ def main(run: study.Run, denoise: bool, permutations: int, bootstrap: int, split
         run.save_vectors(lang, vec[lang])
     depth = readings[a].depth
     variant_arrays = {"raw": {lang: centered[lang].means for lang in run.langs},
-                      "centered": {lang: centered[lang].vectors for lang in run.langs}}
-    if denoise:
-        variant_arrays["denoised"] = {lang: vec[lang].vectors for lang in run.langs}
+                      "centered": {lang: centered[lang].vectors for lang in run.langs},
+                      **({"denoised": {lang: vec[lang].vectors for lang in run.langs}} if denoise else {})}
     main_variant = "denoised" if denoise else "centered"
 
     # ---- 1. per-emotion cosine between the languages' vectors
@@ -81,61 +75,47 @@ def main(run: study.Run, denoise: bool, permutations: int, bootstrap: int, split
     cos_by_depth = emotion_cos.group_by("variant", "layer", "depth").agg(pl.col("cosine").mean()).sort("variant",
                                                                                                           "layer")
 
-    # ---- 2. RSA per layer with the emotions as the unit: a bootstrap CI over emotions, a permutation p per layer
-    # and for the best layer (max over layers), Spearman and Pearson in families of their own; the noise-corrected
-    # RSA (split-half reliabilities); stimulus baselines (TF-IDF, topic design) and the partial RSA without them
+    # ---- 2. RSA per layer, emotions as the unit: CI over emotions, p per layer and for the best (max over layers);
+    # the noise-corrected RSA (split halves); stimulus baselines (TF-IDF, topics) and the partial RSA without them
     cos_a, cos_b = upper_cosines(vec[a].vectors), upper_cosines(vec[b].vectors)
     boot = dict(n_boot=bootstrap, seed=seed)
     tests = {m: stats.condition_test(cos_a, cos_b, n_permutations=permutations, method=m, **boot)
              for m in ("spearman", "pearson")}
     rng = np.random.default_rng(seed)
-    halves = {lang: np.stack([[upper_cosines(EmotionVectors.fit(readings[lang].take(half), emotions=emotions,
+    halves = {lang: np.stack([[upper_cosines(EmotionVectors.fit(readings[lang].take(h), emotions=emotions,
                                                                  pcs=vec[lang].pcs).vectors)
-                               for half in readings[lang].halves(rng)] for _ in range(splits)]) for lang in run.langs}
+                               for h in readings[lang].halves(rng)] for _ in range(splits)]) for lang in run.langs}
     corrected = stats.noise_corrected(cos_a, cos_b, halves[a], halves[b], **boot)
     base = {lang: baselines.stimulus(stories.filter((pl.col("lang") == lang) & pl.col("emotion").is_in(emotions)),
                                      emotions) for lang in run.langs}
-    # a constant baseline (e.g. every emotion on the same topics) explains nothing: it is not regressed out
-    usable = {lang: [m for m in b.values() if np.isfinite(m).all() and np.ptp(stats.upper(m)) > 0]
-              for lang, b in base.items()}
-    controls = {lang: np.stack(usable[lang]) if usable[lang] else None for lang in run.langs}
-    partial = stats.condition_test(cos_a, cos_b, controls_a=controls[a], controls_b=controls[b],
-                                   n_permutations=min(permutations, 2000), **boot)
-    rsa_rows = []
-    for method, test in tests.items():
-        p_fdr = stats.correct(test.p).p_adjusted  # one family per measure
-        null_low, null_high = np.quantile(test.null, [0.025, 0.975], axis=0)
-        for j, layer in enumerate(layers):
-            row = {"layer": layer, "depth": float(depth[j]), "method": method, "r": test.estimate[j],
-                   "ci_low": test.low[j], "ci_high": test.high[j], "p": test.p[j], "p_fdr": p_fdr[j],
-                   "null_low": null_low[j], "null_high": null_high[j]}
-            if method == "spearman":
-                row |= {"corrected": corrected.estimate[j], "corrected_low": corrected.low[j],
-                        "corrected_high": corrected.high[j], "reliability_" + a: corrected.reliability_a[j],
-                        "reliability_" + b: corrected.reliability_b[j], "partial": partial.estimate[j],
-                        "partial_low": partial.low[j], "partial_high": partial.high[j], "partial_p": partial.p[j],
-                        **{f"{name}_{lang}": stats.rsa_samples(c[j], base[lang][name], np.arange(len(emotions)))[0, 0]
-                           for lang, c in ((a, cos_a), (b, cos_b)) for name in base[lang]}}
-            rsa_rows.append(row)
-    rsa = pl.DataFrame(rsa_rows)
+    controls = {lang: np.stack(list(base[lang].values())) for lang in run.langs}  # a constant one removes nothing
+    few = dict(n_permutations=min(permutations, 2000), **boot)  # partial and baseline tests: 2,000 shuffles at most
+    partial = stats.condition_test(cos_a, cos_b, controls_a=controls[a], controls_b=controls[b], **few)
+    n = np.arange(len(emotions))
+    extra = {"corrected": corrected.estimate, "corrected_low": corrected.low, "corrected_high": corrected.high,
+             f"reliability_{a}": corrected.reliability_a, f"reliability_{b}": corrected.reliability_b,
+             "partial": partial.estimate, "partial_low": partial.low, "partial_high": partial.high,
+             "partial_p": partial.p, **{f"{name}_{lang}": stats.rsa_samples(c, np.broadcast_to(m, c.shape), n)[0]
+                                        for lang, c in ((a, cos_a), (b, cos_b)) for name, m in base[lang].items()}}
+    rsa = pl.concat([pl.DataFrame({  # p FDR-corrected within each measure: one family per measure
+        "layer": layers, "depth": depth, "method": method, "r": t.estimate, "ci_low": t.low, "ci_high": t.high,
+        "p": t.p, "p_fdr": stats.correct(t.p).p_adjusted,
+        **dict(zip(("null_low", "null_high"), np.quantile(t.null, [0.025, 0.975], axis=0))),
+        **(extra if method == "spearman" else {})}) for method, t in tests.items()], how="diagonal")
     spearman = rsa.filter(pl.col("method") == "spearman")
     # the partial RSA at the layer chosen on the raw RSA, against the max over layers of its null (the choice
     # was made on a correlated statistic, so it is paid for the same way)
     top = tests["spearman"].best
     best = spearman.row(top, named=True) | {"p_best": tests["spearman"].p_best, "partial_p_best": stats.permutation_p(
         float(partial.estimate[top]), np.nanmax(partial.null, axis=1))}
-    stimulus = [{"rdm": name, **dict(zip(("r", "ci_low", "ci_high", "p"), (float(v[0]) for v in (
-        t.estimate, t.low, t.high, t.p))))} for name, t in ((name, stats.condition_test(
-            base[a][name], base[b][name], n_permutations=min(permutations, 2000), **boot)) for name in base[a])]
-    stimulus = pl.DataFrame(stimulus)
+    stimulus = pl.DataFrame([{"rdm": k, "r": (t := stats.condition_test(base[a][k], base[b][k], **few)).estimate[0],
+                              "ci_low": t.low[0], "ci_high": t.high[0], "p": t.p[0]} for k in base[a]])
 
     # ---- 3. cross-layer RSA
-    cross = []
     pairs = {f"{a}x{a}": (cos_a, cos_a), f"{b}x{b}": (cos_b, cos_b), f"{a}x{b}": (cos_a, cos_b)}
-    for name, (left, right) in pairs.items():
-        cross += [{"pair": name, "layer_a": la, "layer_b": lb, "r": stats.rsa(left[i], right[k])}
-                  for i, la in enumerate(layers) for k, lb in enumerate(layers)]
-    cross_layer = pl.DataFrame(cross)
+    cross_layer = pl.DataFrame([{"pair": name, "layer_a": la, "layer_b": lb, "r": float(grid[i, k])}
+                                for name, grid in ((name, stats.rsa_grid(*m)) for name, m in pairs.items())
+                                for i, la in enumerate(layers) for k, lb in enumerate(layers)])
 
     # ---- 4-7 at one layer: PCA vs valence/arousal, clustering, Procrustes; geodesic vs euclidean per layer
     focus = best["layer"] if pca_layer is None else focus
@@ -162,9 +142,8 @@ def main(run: study.Run, denoise: bool, permutations: int, bootstrap: int, split
     geo_r = {kind: stats.rsa_stack(*pair) for kind, pair in dist.items()}
     low, high, _ = stats.condition_bootstrap(lambda rows: stats.rsa_samples(*dist["geodesic"], rows)
                                              - stats.rsa_samples(*dist["euclidean"], rows), len(emotions), **boot)
-    geodesic = pl.DataFrame({"layer": layers, "depth": depth, "euclidean": geo_r["euclidean"],
-                             "geodesic": geo_r["geodesic"], "difference": geo_r["geodesic"] - geo_r["euclidean"],
-                             "difference_low": low, "difference_high": high})
+    geodesic = pl.DataFrame({"layer": layers, "depth": depth, **geo_r, "difference": geo_r["geodesic"] - geo_r[
+        "euclidean"], "difference_low": low, "difference_high": high})
 
     # ---- 8. logit lens of the vectors at the focus layer; a mismatch is a token whose letters are mostly in
     # a script that is not the language's (tokens without letters are never one)
@@ -188,19 +167,14 @@ def main(run: study.Run, denoise: bool, permutations: int, bootstrap: int, split
         (pl.col("lang") == lang) & (pl.col("emotion") == e))["token"]) for e in emotions] for lang in run.langs}})
 
     # ---- 9. cross-lingual transfer of a nearest-vector classifier
-    transfer_rows = []
-    space = {lang: vec[lang].transform(readings[lang].acts) for lang in run.langs}
+    space, transfer_rows = {lang: vec[lang].transform(readings[lang].acts) for lang in run.langs}, []
     for k, layer in enumerate(layers):
-        for src, dst in ((a, b), (b, a)):
-            accuracy = stats.transfer_accuracy(space[src][:, k], readings[src].emotion, space[dst][:, k],
-                                               readings[dst].emotion, center=False)
-            transfer_rows.append({"layer": layer, "depth": float(depth[k]), "direction": f"{src}->{dst}",
-                                  "accuracy": accuracy})
-        for lang in run.langs:
-            within = stats.nearest_centroid_accuracy(space[lang][:, k], readings[lang].emotion, readings[lang].topic,
-                                                     center=False)
-            transfer_rows.append({"layer": layer, "depth": float(depth[k]), "direction": f"{lang} (held-out topics)",
-                                  "accuracy": within})
+        at = {lang: (space[lang][:, k], readings[lang].emotion) for lang in run.langs}
+        accuracy = {f"{s}->{t}": stats.transfer_accuracy(*at[s], *at[t], center=False) for s, t in ((a, b), (b, a))}
+        accuracy |= {f"{lang} (held-out topics)": stats.nearest_centroid_accuracy(*at[lang], readings[lang].topic,
+                                                                                  center=False) for lang in run.langs}
+        transfer_rows += [{"layer": layer, "depth": float(depth[k]), "direction": d, "accuracy": v}
+                          for d, v in accuracy.items()]
     transfer = pl.DataFrame(transfer_rows)
     chance = 1 / len(emotions)
     best_transfer = transfer.filter(pl.col("direction").str.contains("->")).sort("accuracy", descending=True).row(

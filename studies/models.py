@@ -13,8 +13,8 @@ axis: PC1 at each model's best layer. Writes outputs/models/<a>__<b>[__...]/.
 
 from __future__ import annotations
 
+import functools
 import itertools
-import warnings
 from collections import namedtuple
 
 import altair as alt
@@ -120,10 +120,9 @@ def main(run: study.Run, denoise: bool, random_baseline: bool, random_init_dtype
                         "depth": float(g.depth[i]), "r": float(r[i])} for base, r in against.items()
                        for i, layer in enumerate(g.layers)]
 
-    # ---- per pair: RSA grid and label-permutation tests (the best pair pays for its choice: max over the grid), the
-    # ---- statistics with the stories' labels shuffled (baseline c: one shuffle for both), and with the emotions as the
-    # ---- unit: bootstrap CIs of the raw RSA, of the partial RSA without the stimulus (TF-IDF, topic) and lexical RDMs,
-    # ---- and of that partial RSA over the models' noise ceilings (split halves), the best cell re-chosen per replicate
+    # ---- per pair: RSA grid, permutation tests (the best pair paid for by the max over the grid), shuffled labels
+    # ---- (baseline c), and over emotions: CIs of the raw RSA, of the partial RSA without the stimulus and lexical
+    # ---- RDMs and of that over the models' noise ceilings (split halves), the best cell re-chosen per replicate
     rng = np.random.default_rng(run.seed)
     orders = {lang: np.stack([rng.permutation(len(labels[lang])) for _ in range(shuffles)]) for lang in run.langs}
     # class_mean_cosines orders the emotions as np.unique does (sorted): the baselines must follow that order
@@ -153,19 +152,8 @@ def main(run: study.Run, denoise: bool, random_baseline: bool, random_init_dtype
         controls = np.stack([*stimulus[lang].values(), *(cos[(m, "input embedding", lang), variant][0] for m in (a, b))])
         ceilings = [halves[(m, "model", lang), variant] for m in (a, b)]
 
-        def emotion_unit(rows: np.ndarray) -> np.ndarray:  # (R, 6): best pair and matched depth of raw/partial/corrected
-            raw = stats.rsa_grid_samples(ca, cb, rows)
-            partial = stats.rsa_grid_samples(ca, cb, rows, controls=controls)
-            rel = [stats.spearman_brown(np.mean([stats.rsa_samples(h[0], h[1], rows) for h in c], 0)) for c in ceilings]
-            with np.errstate(invalid="ignore"):
-                corrected = np.where((rel[0][:, :, None] > 0) & (rel[1][:, None] > 0),
-                                     partial / np.sqrt(rel[0][:, :, None] * rel[1][:, None]), np.nan)
-            best = lambda g: np.fmax.reduce(g.reshape(len(g), -1), axis=1)  # noqa: E731 - NaN only if all are
-            with np.errstate(invalid="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # a replicate with no usable layer pair: NaN
-                return np.stack([f(g) for f in (best, lambda g: np.nanmean(g[:, ia, ib], 1))
-                                 for g in (raw, partial, corrected)], 1)
-
+        emotion_unit = functools.partial(stats.grid_summaries, ca, cb, cells=(ia, ib), controls=controls,
+                                         halves=ceilings)  # rows -> (R, 6)
         estimate = emotion_unit(np.arange(len(emotions))[None])[0]
         low, high, _ = stats.condition_bootstrap(emotion_unit, len(emotions), n_boot=bootstrap, seed=run.seed)
         p = [stats.permutation_p(statistic(test.grid), statistic(test.null)) for statistic in statistics]
@@ -177,13 +165,11 @@ def main(run: study.Run, denoise: bool, random_baseline: bool, random_init_dtype
                    **dict(zip(("layer_a", "layer_b", "depth_a", "depth_b"), where)), "rsa": r, "p": p[j],
                    "p_cell": stats.permutation_p(test.grid[la, lb], test.null[:, la, lb]) if best else None,
                    **{f"{name}{end}": float(x) for values, end in ((estimate, ""), (low, "_low"), (high, "_high"))
-                      for name, x in zip(("rsa_emotions", "partial", "corrected"), values[at])},
+                      for name, x in zip(("ci", "partial", "corrected"), values[at]) if (name, end) != ("ci", "")},
                    "lexical": float(grid["input embedding"][0, 0]),
                    **({"random_init": float(grid["random init"][cells[j]].mean())} if with_random else {}),
                    "shuffled_mean": float(null.mean()), "shuffled_q95": float(np.quantile(null, 0.95)),
                    "p_shuffled": (null_p := stats.permutation_p(r, null))}
-            row |= {"ci_low": row.pop("rsa_emotions_low"), "ci_high": row.pop("rsa_emotions_high")}
-            del row["rsa_emotions"]  # the same number as rsa
             hits = {"lexical": row["lexical"] >= row["ci_low"],
                     "random init": with_random and row["random_init"] >= row["ci_low"],
                     "shuffled labels": null_p > 0.05, "nothing beyond the stimulus and lexical RDMs":
@@ -199,16 +185,15 @@ def main(run: study.Run, denoise: bool, random_baseline: bool, random_init_dtype
             (g if a == name else g.T).max(1) for (a, b, la, var), g in observed.items()
             if la == lang and var == main_variant and name in (a, b)], 0)))
         x, g = geo[name, kind, lang].vectors[main_variant][:, best or 0], geo[name, "model", lang]
-        (fit,) = stats.pc_correlations(x, {"valence": valence}, n_pcs=1)
-        sign = 1.0 if fit["r"] >= 0 else -1.0
-        axes[name, kind, lang] = (x, sign, sign * stats.pc_scores(x, n_pcs=1)[:, 0], sign * fit["r"])
+        (fit,) = stats.pc_correlations(x, {"valence": valence}, n_pcs=1, sign_by=valence)
+        axes[name, kind, lang] = (x, stats.pc_scores(x, n_pcs=1, sign_by=valence)[:, 0], fit["r"])
         valence_rows.append({"model": name, "lang": lang, "source": kind, "layer": None if best is None else
                              g.layers[best], "depth": None if best is None else float(g.depth[best]),
-                             "r_valence": sign * fit["r"], "p": fit["p"]})
+                             "r_valence": fit["r"], "p": fit["p"]})
     for (a, b, lang), kind in itertools.product(pairs, kinds):
-        (x, sign, _, ra), (_, _, score_b, rb) = axes[a, kind, lang], axes[b, kind, lang]
-        (fit,) = stats.pc_correlations(x, {"other": score_b}, n_pcs=1)
-        agreement_rows.append({"model_a": a, "model_b": b, "lang": lang, "source": kind, "r": sign * fit["r"],
+        (x, _, ra), (_, score_b, rb) = axes[a, kind, lang], axes[b, kind, lang]
+        (fit,) = stats.pc_correlations(x, {"other": score_b}, n_pcs=1, sign_by=valence)
+        agreement_rows.append({"model_a": a, "model_b": b, "lang": lang, "source": kind, "r": fit["r"],
                                "p": fit["p"], "r_from_valence_alone": ra * rb})
     valence_axis, agreement = pl.DataFrame(valence_rows), pl.DataFrame(agreement_rows)
     for name, frame in {"rsa_grid": grids, "matched_depth": curves, "per_model_baselines": per_model,
@@ -232,8 +217,8 @@ def main(run: study.Run, denoise: bool, random_baseline: bool, random_init_dtype
     shown = pairwise.filter(variant=main_variant).with_columns(
         comparison=pl.format("{} × {} ({})", "model_a", "model_b", "lang"))
     measures = {"models": ("rsa", "ci_low", "ci_high"), "models, partial": ("partial", "partial_low", "partial_high"),
-                "input embedding": ("lexical",) * 3, "shuffled labels, 95%": (
-        "shuffled_q95",) * 3, **({"random init": ("random_init",) * 3} if with_random else {})}
+                "input embedding": ("lexical",) * 3, "shuffled labels, 95%": ("shuffled_q95",) * 3,
+                **({"random init": ("random_init",) * 3} if with_random else {})}
     bars = pl.concat([shown.select("comparison", "statistic", kind=pl.lit(kind), r=pl.col(r), low=pl.col(low),
                                    high=pl.col(high)) for kind, (r, low, high) in measures.items()])
     run.figure("headline", alt.hconcat(*[
@@ -241,7 +226,7 @@ def main(run: study.Run, denoise: bool, random_baseline: bool, random_init_dtype
                    error=("low", "high"), title=f"{stat} RSA ({main_variant}) against the baselines")
         for stat in ("best pair", "matched depth")]))
     run.figure("valence_axes", alt.concat(*[plots.scatter(
-        pl.DataFrame({"emotion": emotions, "pc1_a": axes[a, "model", lang][2], "pc1_b": axes[b, "model", lang][2],
+        pl.DataFrame({"emotion": emotions, "pc1_a": axes[a, "model", lang][1], "pc1_b": axes[b, "model", lang][1],
                       "valence": valence}), x="pc1_a", y="pc1_b", color="valence", label="emotion",
         title=f"PC1, sign by valence: {a} (x) vs {b} (y), {lang.upper()}") for a, b, lang in pairs], columns=2))
     run.figure("per_model_baselines", alt.concat(*[plots.lines(

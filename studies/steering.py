@@ -63,12 +63,10 @@ def generate_unit(model: models.Model, prompt: str, lang: str, rows: list[dict],
                   *, decoding: str, new_tokens: int, temperature: float, seed: int, steer_prompt: bool,
                   batch_tokens: int) -> pl.DataFrame:
     """One prompt x decoding: every row generated in one call, then its model-side metrics."""
-    tok = model.tokenizer
+    tok, stop = model.tokenizer, {model.tokenizer.eos_token_id, model.tokenizer.pad_token_id}
     gen = steer.generate(model, [prompt] * len(rows), delta=deltas, steer_prompt=steer_prompt, seed=seed,
                          max_new_tokens=new_tokens, do_sample=decoding == "sample", temperature=temperature)
-    stop = {tok.eos_token_id, tok.pad_token_id}
-    continuations = [ids[:next((i for i, token in enumerate(ids) if token in stop), len(ids))]
-                     for ids in gen.ids.tolist()]
+    continuations = [ids[:next((i for i, t in enumerate(ids) if t in stop), len(ids))] for ids in gen.ids.tolist()]
     logprobs = steer.continuation_logprobs(model, [tok(prompt)["input_ids"]] * len(rows), continuations,
                                            batch_tokens=batch_tokens)
     decode = functools.partial(tok.decode, skip_special_tokens=True)

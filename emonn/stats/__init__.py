@@ -10,12 +10,14 @@ input checks in `_common`); every public name is re-exported here, so `from emon
 
 from ._common import Alternative, Method
 from .conditions import (
-    ConditionTest, NoiseCorrected, condition_bootstrap, condition_test, noise_corrected, rsa_grid_samples, rsa_samples, spearman_brown,
+    ConditionTest, NoiseCorrected, condition_bootstrap, condition_test, disattenuate, grid_summaries, noise_corrected,
+    reliability, rsa_grid_samples, rsa_samples, spearman_brown,
     split_halves,
 )
 from .depth import Peak, QuadraticFit, peak, quadratic_vertex
 from .geometry import (
-    ClusterAgreement, adjusted_rand, cluster_agreement, euclidean_distances, geodesic_distances, hierarchical_order, kmeans_labels, pc_correlations,
+    ClusterAgreement, adjusted_rand, cluster_agreement, euclidean_distances, geodesic_distances, hierarchical_order,
+    kmeans_labels, pc_correlations,
     pc_scores, procrustes_test,
 )
 from .inference import (
@@ -42,13 +44,15 @@ __all__ = [
     "cosine_matrix", "upper", "rsa", "rsa_stack", "rsa_test", "class_mean_cosines", "rsa_vectors", "rsa_grid",
     "GridTest", "rsa_grid_test",
     # conditions (emotions as the unit)
-    "rsa_samples", "rsa_grid_samples", "split_halves", "condition_bootstrap", "ConditionTest", "condition_test", "spearman_brown", "NoiseCorrected", "noise_corrected",
+    "rsa_samples", "rsa_grid_samples", "split_halves", "condition_bootstrap", "reliability", "disattenuate",
+    "grid_summaries", "ConditionTest", "condition_test", "spearman_brown", "NoiseCorrected", "noise_corrected",
     # separation
     "Separation", "between_within_ratio", "transfer_accuracy", "nearest_centroid_accuracy", "silhouette",
     "SeparationScores", "LayerTest", "mean_pairwise_cosine", "separation_scores", "separation_permutation_test",
     "direction_test",
     # geometry
-    "procrustes_test", "ClusterAgreement", "cluster_agreement", "euclidean_distances", "geodesic_distances", "kmeans_labels", "adjusted_rand",
+    "procrustes_test", "ClusterAgreement", "cluster_agreement", "euclidean_distances", "geodesic_distances",
+    "kmeans_labels", "adjusted_rand",
     "hierarchical_order", "pc_scores", "pc_correlations",
     # depth
     "QuadraticFit", "quadratic_vertex", "Peak", "peak",

@@ -187,6 +187,37 @@ def spearman_brown(r: np.ndarray | float, factor: float = 2.0) -> np.ndarray:
         return factor * r / (1 + (factor - 1) * r)
 
 
+def reliability(halves: np.ndarray, rows: np.ndarray, *, method: Method = "spearman") -> np.ndarray:
+    """The split-half reliability of a stack of matrices over condition rows `(R, n)`: the RSA of the two
+    halves of each random split, halves `(n_splits, 2, k, n, n)`, averaged over splits and stepped up by
+    Spearman-Brown: `(R, k)`."""
+    return spearman_brown(np.mean([rsa_samples(h[0], h[1], rows, method=method) for h in halves], axis=0))
+
+
+def disattenuate(r: np.ndarray, reliability_a: np.ndarray, reliability_b: np.ndarray) -> np.ndarray:
+    """Spearman's correction r / sqrt(rel_a rel_b) (shapes broadcast); NaN where a reliability is <= 0."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((reliability_a > 0) & (reliability_b > 0), r / np.sqrt(reliability_a * reliability_b), np.nan)
+
+
+def grid_summaries(a: np.ndarray, b: np.ndarray, rows: np.ndarray, *, cells: tuple[np.ndarray, np.ndarray],
+                   controls: np.ndarray, halves: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Two summaries of three RSA grids of stacks a `(ka, n, n)` and b `(kb, n, n)` (e.g. the layers of two
+    models) over condition rows `(R, n)`: the raw grid, the partial grid given `controls`, and that over the
+    noise ceilings from `halves` (each `(n_splits, 2, k, n, n)`, see `reliability`). Returns `(R, 6)`: the
+    largest cell of each grid (the best pair, chosen anew in every replicate), then the mean over `cells`
+    (index arrays, e.g. the layer pairs at matched depth). NaN where a grid has no defined cell."""
+    raw = rsa_grid_samples(a, b, rows)
+    partial = rsa_grid_samples(a, b, rows, controls=controls)
+    rel_a, rel_b = (reliability(h, rows) for h in halves)
+    corrected = disattenuate(partial, rel_a[:, :, None], rel_b[:, None])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a replicate with no defined cell: NaN
+        return np.stack([f(g) for f in (lambda g: np.fmax.reduce(g.reshape(len(g), -1), axis=1),
+                                        lambda g: np.nanmean(g[:, cells[0], cells[1]], 1))
+                         for g in (raw, partial, corrected)], 1)
+
+
 @dataclass(frozen=True)
 class NoiseCorrected:
     estimate: np.ndarray  # (k,) RSA / sqrt(reliability_a * reliability_b)
@@ -208,12 +239,8 @@ def noise_corrected(a: np.ndarray, b: np.ndarray, halves_a: np.ndarray, halves_b
     k, n = a.shape[0], a.shape[1]
 
     def statistic(rows: np.ndarray) -> np.ndarray:  # (R, 3k): corrected, reliability a, reliability b
-        r_ab = rsa_samples(a, b, rows, method=method)
-        rel = [spearman_brown(np.mean([rsa_samples(h[0], h[1], rows, method=method) for h in halves], axis=0))
-               for halves in (halves_a, halves_b)]
-        with np.errstate(invalid="ignore"):
-            out = np.where((rel[0] > 0) & (rel[1] > 0), r_ab / np.sqrt(rel[0] * rel[1]), np.nan)
-        return np.concatenate([out, *rel], axis=1)
+        rel = [reliability(halves, rows, method=method) for halves in (halves_a, halves_b)]
+        return np.concatenate([disattenuate(rsa_samples(a, b, rows, method=method), *rel), *rel], axis=1)
 
     values = statistic(np.arange(n)[None])[0]
     low, high, _ = condition_bootstrap(lambda rows: statistic(rows)[:, :k], n, n_boot=n_boot, seed=seed, ci=ci)
