@@ -258,15 +258,6 @@ def load(path: Path | str | None = None, *, langs: list[str] | None = None, emot
     return frame
 
 
-def require(frame: pl.DataFrame, per: int, why: str) -> None:
-    """An `EmonnError` naming the first (language, emotion) of `frame` with fewer than `per` stories."""
-    few = frame.group_by("lang", "emotion", maintain_order=True).len().filter(pl.col("len") < per)
-    if not few.is_empty():
-        lang, emotion, n = few.row(0)
-        raise EmonnError(f"{lang} '{emotion}' has {n} stor{'y' if n == 1 else 'ies'}: {why} needs at least {per} "
-                         "per emotion and language")
-
-
 def digest(frame: pl.DataFrame) -> str:
     """A short hash of a corpus frame's ids and texts (recorded with vectors and results)."""
     joined = "\n".join(f"{i}\t{t}" for i, t in frame.select("id", "text").sort("id").iter_rows())
